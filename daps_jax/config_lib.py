@@ -1,0 +1,198 @@
+"""Shared pieces of the dataset configs: argument parsing, defaults, validation.
+
+A config file is `configs/<dataset>.py` with `get_config(arg)`; the colon argument
+(`configs/cifar10.py:method=daps_na,quickstart`) is parsed by `parse_arg`.
+"""
+
+import ml_collections
+
+METHODS = ('daps', 'daps_na')
+DATASETS = ('mnist_embedded', 'mnist', 'fashion_mnist', 'cifar10', 'imagenet2012')
+_LIKELIHOOD = {'mnist_embedded': 'bernoulli', 'mnist': 'bernoulli', 'fashion_mnist': 'bernoulli',
+               'cifar10': 'gaussian', 'imagenet2012': 'gaussian'}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
+
+  Unknown keys are an error naming the valid ones.
+  """
+  result = ml_collections.ConfigDict(defaults)
+  for item in filter(None, (arg or '').split(',')):
+    key, sep, value = item.partition('=')
+    if key not in defaults:
+      raise ValueError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}.')
+    default = defaults[key]
+    if not sep:
+      value = True
+    elif isinstance(default, bool):
+      value = value.lower() in ('1', 'true', 'yes')
+    elif default is not None:
+      value = type(default)(value)
+    result[key] = value
+  return result
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Trainer, optimiser and dual defaults shared by every dataset (spec section 4)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0  # One seed: parameters, data order and latent sampling derive from it.
+  c.total_steps = 250_000  # Training steps (updates).
+  c.batch_size = 256  # Global batch over all devices and processes.
+  c.eval_batch_size = 256  # Global eval batch; the last batch is padded and masked.
+  c.eval_every_steps = 5_000  # Full validation pass every N steps (and at the end).
+  c.checkpoint_every_steps = 5_000  # Save every N steps (and at the end).
+  c.keep_checkpoints = 3  # Checkpoints kept on disk (the newest N).
+  c.log_every_steps = 100  # Training metrics to metrics.jsonl / TensorBoard every N steps.
+  c.num_grid_images = 16  # Originals/reconstructions shown in the eval PNG grid.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = ''  # One of config_lib.DATASETS.
+  c.data.dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir or IDX folder.
+  c.data.worker_count = 0  # grain worker processes for the train stream (0: in-process).
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.learning_rate = 3e-4  # Encoder and decoder AdamW learning rate (constant).
+  c.optim.weight_decay = 1e-4  # AdamW decoupled weight decay.
+  c.optim.b1 = 0.9  # Adam beta1.
+  c.optim.b2 = 0.999  # Adam beta2.
+  c.optim.eps = 1e-8  # Adam epsilon.
+  c.optim.clip = 1.0  # Adaptive (unit-wise) gradient clipping ratio before Adam.
+  c.optim.max_consecutive_skips = 100  # Non-finite updates skipped in a row before giving up.
+  return c
+
+
+def daps_method(name: str, settings: dict[str, dict],
+                num_samples: int = 8) -> ml_collections.ConfigDict:
+  """Method block for DAPS / DAPS-NA (spec sections 1 and 5).
+
+  Args:
+    name: the method, a key of `settings`.
+    settings: per-method dataset settings {name: {'ess_target': .., 'beta': (init, final)}}.
+    num_samples: K.
+  """
+  if name not in settings:
+    raise ValueError(f'Unknown method {name!r}; valid: {", ".join(sorted(settings))}.')
+  ess_target, beta = settings[name]['ess_target'], settings[name]['beta']
+  m = ml_collections.ConfigDict()
+  m.name = name  # 'daps' (autoregressive encoder) or 'daps_na' (independent tokens).
+  m.num_samples = num_samples  # K latent samples per input.
+  m.ess_target = ess_target  # Target effective sample size as a fraction of K.
+  m.beta_init = beta[0]  # Entropy weight at step 0.
+  m.beta_final = beta[1]  # Entropy weight floor; also the beta of the reported beta-ELBO.
+  m.beta_decay_steps = 0  # Steps of the exponential beta decay (0: total_steps).
+  m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
+  m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
+  return m
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise ValueError(f'config.{field}: {message}')
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
+  """Raises ValueError naming the field and the fix for bad values or combinations."""
+  for field in ('total_steps', 'batch_size', 'eval_batch_size', 'eval_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
+    _check(config[field] > 0, field, f'must be positive, got {config[field]}.')
+  _check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
+  for field in ('batch_size', 'eval_batch_size'):
+    _check(config[field] % num_devices == 0, field,
+           f'{config[field]} does not divide by the {num_devices} devices; '
+           f'use a multiple of {num_devices}.')
+  _check(config.data.name in DATASETS, 'data.name',
+         f'{config.data.name!r} is not one of {", ".join(DATASETS)}.')
+  m = config.model
+  _check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
+  _check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
+  _check(m.width % (2 * m.num_heads) == 0, 'model.width',
+         f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
+  _check(m.decoder.kind in ('mlp', 'resnet'), 'model.decoder.kind', "use 'mlp' or 'resnet'.")
+  expected = _LIKELIHOOD.get(config.data.name)
+  _check(m.likelihood.kind == expected, 'model.likelihood.kind',
+         f'{m.likelihood.kind!r} does not fit dataset {config.data.name!r}; use {expected!r}.')
+  if m.likelihood.kind == 'gaussian':
+    lo, hi = m.likelihood.variance_min, m.likelihood.variance_max
+    _check(lo is None or lo > 0, 'model.likelihood.variance_min', 'must be positive or None.')
+    _check(lo is None or hi is None or lo < hi, 'model.likelihood.variance_max',
+           'must exceed variance_min.')
+  me = config.method
+  _check(me.name in METHODS, 'method.name',
+         f'{me.name!r} is not one of {", ".join(METHODS)}; select it with '
+         f'--config=configs/<dataset>.py:method=NAME.')
+  _check(me.num_samples >= 2, 'method.num_samples',
+         f'DAPS needs K >= 2 samples per input to form weights, got {me.num_samples}.')
+  _check(0 < me.ess_target <= 1, 'method.ess_target',
+         f'is a fraction of K in (0, 1], got {me.ess_target}.')
+  _check(me.ess_target * me.num_samples >= 1, 'method.ess_target',
+         f'ess_target * K = {me.ess_target * me.num_samples} < 1 can never be reached '
+         '(ESS >= 1); raise ess_target or num_samples.')
+  _check(me.beta_init > 0 and me.beta_final > 0, 'method.beta_init',
+         'beta_init and beta_final must be positive.')
+  _check(me.beta_decay_steps >= 0, 'method.beta_decay_steps', 'must be >= 0 (0: total_steps).')
+  _check(me.eta_init > 0, 'method.eta_init', 'must be positive.')
+  _check(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be positive.')
+
+
+def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,
+          decoder_layers: int, na_layers: int, na_mlp_ratio: int,
+          decoder: ml_collections.ConfigDict,
+          likelihood: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Model block (spec section 2); bits per input = L * log2(V)."""
+  m = ml_collections.ConfigDict()
+  m.num_tokens = num_tokens  # L latent tokens, one per image patch.
+  m.vocab_size = vocab_size  # V codes per token.
+  m.width = width  # D transformer width.
+  m.num_heads = 4  # Attention heads.
+  m.mlp_ratio = 4  # MLP hidden = mlp_ratio * D in the AR encoder.
+  m.encoder_layers = encoder_layers  # AR encoder: bidirectional layers over patches.
+  m.decoder_layers = decoder_layers  # AR encoder: causal layers over tokens.
+  m.na_layers = na_layers  # NA encoder: bidirectional layers.
+  m.na_mlp_ratio = na_mlp_ratio  # NA encoder: MLP hidden = na_mlp_ratio * D.
+  m.decoder = decoder
+  m.likelihood = likelihood
+  return m
+
+
+def mlp_decoder(*, embed_dim: int, hidden_dims: tuple[int, ...]) -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.kind = 'mlp'  # Embed -> flatten -> MLP (MNIST-size).
+  d.embed_dim = embed_dim  # Token embedding size.
+  d.hidden_dims = hidden_dims  # Hidden layer sizes (ReLU).
+  return d
+
+
+def resnet_decoder(*, embed_dim: int, channels: int = 64,
+                   num_res_blocks: int = 2) -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.kind = 'resnet'  # Token grid -> conv -> residual blocks -> transposed convs.
+  d.embed_dim = embed_dim  # Token embedding size (channels of the token grid).
+  d.channels = channels  # Channels of the conv trunk; halved at each upsampling.
+  d.num_res_blocks = num_res_blocks  # Residual blocks before upsampling.
+  return d
+
+
+def bernoulli() -> ml_collections.ConfigDict:
+  lik = ml_collections.ConfigDict()
+  lik.kind = 'bernoulli'  # Binarised pixels; logits clipped to +-15.9.
+  return lik
+
+
+def gaussian(variance_range: tuple[float, float] | None = None) -> ml_collections.ConfigDict:
+  lik = ml_collections.ConfigDict()
+  lik.kind = 'gaussian'  # Diagonal Gaussian over standardised pixels.
+  lo, hi = variance_range or (None, None)
+  unbounded = lambda v: ml_collections.config_dict.placeholder(float) if v is None else v
+  lik.variance_min = unbounded(lo)  # Variance floor (None: unbounded).
+  lik.variance_max = unbounded(hi)  # Variance cap (None: unbounded).
+  return lik
+
+
+def load(path, arg: str | None = None) -> ml_collections.ConfigDict:
+  """get_config(arg) of another config file, e.g. a dataset that extends MNIST's."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(f'daps_config_{abs(hash(str(path)))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)

@@ -1,0 +1,95 @@
+"""Evaluation on the full validation split.
+
+`eval_step` is pure (one stochastic latent sample per input, decoder in eval
+mode, reconstruction = decoder mean) and returns masked sums, summed over the
+device axis. `evaluate` runs it over every batch and turns the sums into
+metrics: ELBO, beta-ELBO, PSNR (per image on [0, 1], averaged) and codebook usage
+over the whole split.
+
+Shape legend: B batch per device, L latent tokens, V codebook size.
+"""
+
+from typing import Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from daps_jax import data
+from daps_jax import latents
+from daps_jax import metrics as metrics_lib
+from daps_jax import parallel
+from daps_jax import state as state_lib
+
+
+def eval_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, networks,
+              spec: data.DatasetSpec, axis_name: str | None = None
+              ) -> tuple[dict, jax.Array]:
+  """Masked sums over a batch and the reconstructions in [0, 1].
+
+  Args:
+    state: the train state.
+    batch: {'image': [B, H, W, C] model space, 'mask': [B] bool (False = padding)}.
+    rng: PRNG key (each input's global index is folded in here).
+    networks: `build.Networks`; spec: the dataset's `DatasetSpec`.
+  Returns:
+    ({'count', 'log_p', 'kl', 'psnr', 'code_counts' [L, V]} summed over the batch
+    and devices, reconstructions [B, H, W, C] in [0, 1]).
+  """
+  images, mask = batch['image'], batch['mask'].astype(jnp.float32)
+  enc_vars = {'params': state.encoder.params}
+  keys = latents.example_keys(rng, images.shape[0], axis_name)
+  rollout = latents.sample_latents(networks.encoder, enc_vars, images, keys, 1)
+  kl = latents.score_latents(networks.encoder, enc_vars, images, rollout.tokens).kl[:, 0]
+  tokens = rollout.tokens[:, 0]
+  out = networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)
+  log_p = networks.likelihood.log_prob(out, images)
+  recon = jnp.clip(data.to_unit(networks.likelihood.mean(out), spec), 0.0, 1.0)
+  psnr = metrics_lib.psnr(recon, data.to_unit(images, spec))
+  sums = {'count': mask.sum(), 'log_p': (log_p * mask).sum(), 'kl': (kl * mask).sum(),
+          'psnr': (psnr * mask).sum(),
+          'code_counts': metrics_lib.code_counts(tokens, networks.encoder.vocab_size, mask)}
+  if axis_name is not None:
+    sums = jax.lax.psum(sums, axis_name)
+  return sums, recon
+
+
+def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
+             beta_final: float, spec: data.DatasetSpec, num_grid_images: int = 0):
+  """Runs a pmapped `eval_step` over all batches.
+
+  Args:
+    p_eval_step: `parallel.pmap_step(eval_step, ...)`.
+    state: device-replicated state.
+    batches: host batches from `data.eval_batches` (same count on every process).
+    rng: PRNG key.
+    beta_final: the beta of the reported beta-ELBO.
+    spec: the dataset spec (for the [0, 1] originals of the grid).
+    num_grid_images: originals/reconstructions returned from the first batch.
+  Returns:
+    (metrics dict, (originals, reconstructions) numpy in [0, 1] for the grid).
+  """
+  totals, grid = None, None
+  for i, batch in enumerate(batches):
+    sums, recon = p_eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
+    sums = jax.tree.map(lambda x: np.asarray(x[0], np.float64), sums)
+    totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
+    if grid is None and num_grid_images:
+      keep = batch['mask'][:num_grid_images]
+      originals = np.asarray(data.to_unit(batch['image'][:num_grid_images], spec))[keep]
+      recon = np.asarray(recon).reshape(-1, *recon.shape[2:])[:num_grid_images][keep]
+      grid = (np.clip(originals, 0, 1), recon)
+  if totals is None or totals['count'] == 0:
+    raise ValueError('The validation split is empty: nothing to evaluate.')
+  n = totals['count']
+  result = {
+      'eval/log_p': totals['log_p'] / n,
+      'eval/kl': totals['kl'] / n,
+      'eval/elbo': (totals['log_p'] - totals['kl']) / n,
+      'eval/beta_elbo': (totals['log_p'] - beta_final * totals['kl']) / n,
+      'eval/psnr': totals['psnr'] / n,
+      'eval/num_examples': n,
+  }
+  usage = metrics_lib.codebook_usage(jnp.asarray(totals['code_counts']))
+  result.update({k: float(v) for k, v in usage.items()})
+  return {k: float(v) for k, v in result.items()}, grid

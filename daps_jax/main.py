@@ -1,0 +1,52 @@
+"""Trains a discrete VAE: python -m daps_jax.main --config=configs/mnist.py --workdir=DIR.
+
+Dotted overrides work for every config field, e.g. `--config.batch_size=64`.
+Running the same command again resumes from the newest checkpoint in DIR.
+"""
+
+import logging as std_logging
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from daps_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py:method=daps.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and images.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
+                                 'Call jax.distributed.initialize() (multi-host TPU pods, SLURM).')
+_CACHE_DIR = flags.DEFINE_string(
+    'compilation_cache_dir', os.path.expanduser('~/.cache/daps_jax/xla'),
+    'Persistent XLA compilation cache ("" disables it).')
+
+
+class _QuietCheckpointing(std_logging.Filter):
+  """Drops orbax's per-save INFO chatter; its warnings and errors still show."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietCheckpointing())
+  if _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  if _CACHE_DIR.value:
+    jax.config.update('jax_compilation_cache_dir', _CACHE_DIR.value)
+    jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+  logging.info('JAX %s on %s: %d processes, %d devices.', jax.__version__,
+               jax.default_backend(), jax.process_count(), jax.device_count())
+  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)

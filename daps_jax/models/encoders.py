@@ -1,0 +1,108 @@
+"""Encoders q_theta(z|x) over L discrete tokens with V codes.
+
+Shape legend: B batch, L latent tokens (= patches), V codebook size, D width,
+H heads, Dh = D / H, N layers of the token decoder.
+
+`AREncoder`: a bidirectional transformer over patches plus a causal transformer
+over tokens with cross-attention to the encoded patches. The token input at
+position t is the code sampled at t-1; position 0 gets a dedicated start token
+(id V) that no code can equal, and nothing is masked but the future.
+`NAEncoder`: a bidirectional transformer over patches with independent per-token
+logits.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from daps_jax.models import layers
+from daps_jax.models import patching
+
+
+class AREncoder(nn.Module):
+  """Autoregressive encoder; see the module docstring."""
+  vocab_size: int
+  num_tokens: int
+  width: int
+  encoder_layers: int
+  decoder_layers: int
+  num_heads: int = 4
+  mlp_ratio: int = 4
+
+  autoregressive = True
+
+  def setup(self):
+    self.patches = layers.PatchTransformer(self.width, self.encoder_layers, self.num_heads,
+                                           self.mlp_ratio)
+    self.token_embed = nn.Embed(self.vocab_size + 1, self.width,
+                                embedding_init=nn.initializers.normal(stddev=1.0))
+    self.blocks = [layers.DecoderBlock(self.width, self.num_heads, self.mlp_ratio)
+                   for _ in range(self.decoder_layers)]
+    self.norm = nn.LayerNorm()
+    self.head = layers.dense(self.vocab_size)
+
+  @property
+  def start_token(self) -> int:
+    return self.vocab_size
+
+  def encode(self, images: jax.Array) -> tuple[layers.KV, ...]:
+    """images [B, H, W, C] -> per-layer cross-attention KV, each [B, L, H, Dh]."""
+    memory = self.patches(patching.patchify(images, self.num_tokens))
+    return tuple(block.cross_kv(memory) for block in self.blocks)
+
+  def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    table = layers.sincos_positions(self.num_tokens, self.width)
+    return self.token_embed(tokens) + jnp.asarray(table)[positions]
+
+  def _logits(self, x: jax.Array) -> jax.Array:
+    return self.head(self.norm(x))
+
+  def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Teacher forcing: images [B, H, W, C], tokens [B, L] -> logits [B, L, V]."""
+    return self.decode(self.encode(images), tokens)
+
+  def decode(self, cross: tuple[layers.KV, ...], tokens: jax.Array) -> jax.Array:
+    """Teacher forcing from precomputed cross KV: tokens [B, L] -> logits [B, L, V]."""
+    start = jnp.full((tokens.shape[0], 1), self.start_token, tokens.dtype)
+    inputs = jnp.concatenate([start, tokens[:, :-1]], axis=1)
+    x = self._embed(inputs, jnp.arange(self.num_tokens))
+    for block, kv in zip(self.blocks, cross):
+      x = block(x, kv)
+    return self._logits(x)
+
+  def decode_step(self, token: jax.Array, position: jax.Array, cache: tuple[layers.KV, ...],
+                  cross: tuple[layers.KV, ...]) -> tuple[jax.Array, tuple[layers.KV, ...]]:
+    """One step: previous token [B] at `position` -> logits [B, V] and the new cache."""
+    x = self._embed(token[:, None], position[None])
+    new_cache = []
+    for block, kv, layer_cache in zip(self.blocks, cross, cache):
+      x, layer_cache = block.step(x, position, layer_cache, kv)
+      new_cache.append(layer_cache)
+    return self._logits(x)[:, 0], tuple(new_cache)
+
+  @nn.nowrap
+  def init_cache(self, batch_size: int, dtype=jnp.float32) -> tuple[layers.KV, ...]:
+    """Zero self-attention cache: N layers of k, v [B, L, H, Dh]."""
+    shape = (batch_size, self.num_tokens, self.num_heads, self.width // self.num_heads)
+    return tuple(layers.KV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+                 for _ in range(self.decoder_layers))
+
+
+class NAEncoder(nn.Module):
+  """Non-autoregressive encoder: images [B, H, W, C] -> logits [B, L, V]."""
+  vocab_size: int
+  num_tokens: int
+  width: int
+  num_layers: int
+  num_heads: int = 4
+  mlp_ratio: int = 4
+
+  autoregressive = False
+
+  @nn.compact
+  def __call__(self, images: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
+    """`tokens` is accepted for interface parity with AREncoder and ignored."""
+    del tokens
+    memory = layers.PatchTransformer(self.width, self.num_layers, self.num_heads,
+                                     self.mlp_ratio)(patching.patchify(images, self.num_tokens))
+    return layers.dense(self.vocab_size)(memory)

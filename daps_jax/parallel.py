@@ -1,0 +1,79 @@
+"""Everything that knows about devices and processes.
+
+The step functions take an `axis_name`; this module maps them over the local
+devices with `jax.pmap` under `AXIS`, replicates state onto the devices and
+splits host batches into per-device shards.
+"""
+
+import functools
+from typing import Callable, Sequence
+
+import chex
+import jax
+import numpy as np
+from flax import jax_utils
+
+AXIS = 'devices'
+
+
+def local_device_count() -> int:
+  return jax.local_device_count()
+
+
+def is_writer() -> bool:
+  """Only process 0 writes logs, TensorBoard and images."""
+  return jax.process_index() == 0
+
+
+def process_batch_size(global_batch: int) -> int:
+  """The share of a global batch that this process loads."""
+  return global_batch // jax.process_count()
+
+
+def replicate(tree, devices: Sequence[jax.Device] | None = None):
+  """Host pytree -> one copy per device (leading device axis; default: local devices).
+
+  The copies are laid out exactly as `pmap_step` returns its outputs, so the
+  step is traced and compiled once, not again after its first call.
+  """
+  devices = devices or jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.tree.map(
+      lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))),
+                               sharding), tree)
+
+
+def unreplicate(tree):
+  """Device-replicated pytree -> host numpy copy of device 0's."""
+  return jax.device_get(jax_utils.unreplicate(tree))
+
+
+def shard(batch, num_devices: int | None = None):
+  """Host batch [b, ...] -> [devices, b / devices, ...] (default: local devices)."""
+  n = num_devices or local_device_count()
+
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f'Batch of {x.shape[0]} does not divide over {n} local devices.')
+    return np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:])
+
+  return jax.tree.map(split, batch)
+
+
+def pmap_step(fn: Callable, *, donate_state: bool = False, max_traces: int | None = None,
+              devices: Sequence[jax.Device] | None = None, **static) -> Callable:
+  """pmap(fn(state, batch, rng, axis_name=AXIS, **static)) over local devices.
+
+  `rng` is broadcast (not split): the step derives per-input keys from it.
+  `max_traces` guards against re-tracing (chex raises on one trace too many).
+  """
+  bound = functools.partial(fn, axis_name=AXIS, **static)
+
+  def step(state, batch, rng):
+    return bound(state, batch, rng)
+
+  if max_traces is not None:
+    step = chex.assert_max_traces(step, n=max_traces)
+  return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
+                  donate_argnums=(0,) if donate_state else ())

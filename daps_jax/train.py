@@ -1,0 +1,167 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+Resumes from the newest checkpoint in `workdir` if there is one. Writes
+`config.json`, `metrics.jsonl`, TensorBoard events (`tb/`), reconstruction grids
+(`images/`) and orbax checkpoints (`checkpoints/`) there.
+"""
+
+import json
+import os
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+from daps_jax import build
+from daps_jax import checkpoint
+from daps_jax import config_lib
+from daps_jax import data
+from daps_jax import evaluation
+from daps_jax import images as images_lib
+from daps_jax import parallel
+from daps_jax import state as state_lib
+from daps_jax import steps
+from daps_jax import writers
+
+# Fields that must not change when a run resumes: they change what is trained.
+_FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'method.num_samples', 'seed')
+
+
+def _get(config: ml_collections.ConfigDict, dotted: str):
+  for key in dotted.split('.'):
+    config = config[key]
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Writes workdir/config.json; refuses a resume with different frozen fields."""
+  path = os.path.join(workdir, 'config.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      saved = ml_collections.ConfigDict(json.load(f))
+    for field in _FROZEN_FIELDS:
+      if json.dumps(_get(saved, field), sort_keys=True) != json.dumps(_get(config, field),
+                                                                       sort_keys=True):
+        raise ValueError(
+            f'config.{field} differs from the run in {workdir} ({path}): '
+            f'{_get(saved, field)} there vs {_get(config, field)} now. '
+            'Resume with the same settings or use a fresh --workdir.')
+  if parallel.is_writer():
+    with open(path, 'w') as f:
+      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+def mean_image_psnr(config, spec: data.DatasetSpec, num_examples: int = 4096) -> float:
+  """PSNR of predicting the mean train image (from up to `num_examples`) on the eval split."""
+  loader = data.train_loader(config.data.name, data_dir=config.data.dir,
+                             batch_size=min(256, num_examples), seed=config.seed)
+  total, count = 0.0, 0
+  while count < min(num_examples, loader.num_examples):
+    batch = next(loader)['image']
+    total, count = total + np.asarray(data.to_unit(batch, spec)).sum(0), count + len(batch)
+  mean = total / count
+  psnrs = []
+  for batch in data.eval_batches(config.data.name, data_dir=config.data.dir,
+                                 batch_size=config.eval_batch_size):
+    unit = np.clip(np.asarray(data.to_unit(batch['image'], spec)), 0, 1)
+    mse = np.square(unit - mean).reshape(len(unit), -1).mean(-1)
+    psnrs.append((-10 * np.log10(np.maximum(mse, 1e-10)))[batch['mask']])
+  return float(np.concatenate(psnrs).mean())
+
+
+def initial_state(config: ml_collections.ConfigDict, networks: build.Networks,
+                  spec: data.DatasetSpec) -> state_lib.DapsState:
+  """Freshly initialised host state of a config (also the target of a restore)."""
+  rng_init = jax.random.split(jax.random.key(config.seed), 3)[0]
+  txs = build.optimizers(config)
+  create = lambda r: state_lib.create_state(r, networks, txs, image_shape=spec.image_shape,
+                                            eta_init=config.method.eta_init)
+  return jax.device_get(jax.jit(create)(rng_init))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Trains to `config.total_steps`, evaluating and checkpointing on the way.
+
+  Returns the metrics of the last evaluation.
+  """
+  config_lib.validate(config, num_devices=jax.device_count())
+  spec = data.get_spec(config.data.name)
+  os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+  logging.info('Devices: %d local, %d global, %d processes.', jax.local_device_count(),
+               jax.device_count(), jax.process_count())
+
+  networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
+  hparams = build.hparams(config)
+  _, rng_loop, rng_eval = jax.random.split(jax.random.key(config.seed), 3)
+  state = initial_state(config, networks, spec)
+
+  loader = data.train_loader(config.data.name, data_dir=config.data.dir,
+                             batch_size=parallel.process_batch_size(config.batch_size),
+                             seed=config.seed, process_index=jax.process_index(),
+                             process_count=jax.process_count(),
+                             worker_count=config.data.worker_count)
+  ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
+  start_step = ckpt.latest_step() or 0
+  if start_step:
+    state, data_state = ckpt.restore(start_step, state)
+    loader.set_state(data_state)
+    logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
+  state = parallel.replicate(state)
+
+  p_train_step = parallel.pmap_step(steps.train_step, donate_state=True, networks=networks,
+                               hparams=hparams)
+  p_eval_step = parallel.pmap_step(evaluation.eval_step, networks=networks, spec=spec)
+  writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
+  progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
+  baseline_psnr = None
+  eval_metrics = {}
+
+  def run_eval(step: int) -> dict:
+    nonlocal baseline_psnr
+    batches = data.eval_batches(config.data.name, data_dir=config.data.dir,
+                                batch_size=parallel.process_batch_size(config.eval_batch_size),
+                                process_index=jax.process_index(),
+                                process_count=jax.process_count())
+    result, grid = evaluation.evaluate(p_eval_step, state, batches,
+                                       jax.random.fold_in(rng_eval, step),
+                                       beta_final=config.method.beta_final, spec=spec,
+                                       num_grid_images=config.num_grid_images)
+    if baseline_psnr is None:
+      baseline_psnr = mean_image_psnr(config, spec)
+    host_state = parallel.unreplicate(state.dual.params)
+    result['eval/psnr_mean_image'] = baseline_psnr
+    result['dual/eta'] = float(np.exp(host_state['log_eta']))
+    result['policy/beta'] = float(hparams.beta(step))
+    writer.write_scalars(step, result)
+    if grid is not None:
+      picture = images_lib.reconstruction_grid(*grid)
+      writer.write_images(step, {'reconstructions': picture})
+      if parallel.is_writer():
+        images_lib.save_png(os.path.join(workdir, 'images', f'recon_{step:08d}.png'), picture)
+    logging.info('eval step %d: ELBO %.2f, beta-ELBO %.2f, PSNR %.2f dB (mean image %.2f dB), '
+                 'codebook used %.3f, perplexity %.1f', step, result['eval/elbo'],
+                 result['eval/beta_elbo'], result['eval/psnr'], baseline_psnr,
+                 result['codebook/used_fraction'], result['codebook/perplexity'])
+    return result
+
+  for step in range(start_step + 1, config.total_steps + 1):
+    batch = parallel.shard(next(loader))
+    state, metrics = p_train_step(state, batch, rng_loop)
+    final = step == config.total_steps
+    steps_per_sec = progress(step)
+    if step % config.log_every_steps == 0 or final:
+      scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+      if steps_per_sec is not None:
+        scalars['perf/steps_per_sec'] = steps_per_sec
+      writer.write_scalars(step, scalars)
+    if step % config.eval_every_steps == 0 or final:
+      eval_metrics = run_eval(step)
+    if step % config.checkpoint_every_steps == 0 or final:
+      ckpt.save(step, parallel.unreplicate(state), loader.get_state())
+  if start_step >= config.total_steps:
+    logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
+  ckpt.close()
+  writer.close()
+  return eval_metrics

@@ -1,0 +1,59 @@
+"""Tiny configs and networks shared by the tests."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from daps_jax import config_lib
+from daps_jax import models
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+  return config_lib.load(os.path.join(REPO, 'configs', f'{name}.py'), arg)
+
+
+def tiny_config(method: str = 'daps') -> ml_collections.ConfigDict:
+  """MNIST-family config with a very small model on the embedded digits."""
+  config = load_config('mnist', f'method={method},quickstart')
+  config.total_steps = 2
+  config.batch_size = 8
+  config.eval_batch_size = 250
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.log_every_steps = 1
+  config.num_grid_images = 4
+  config.method.num_samples = 4
+  config.model.vocab_size = 16
+  config.model.width = 16
+  config.model.decoder.embed_dim = 8
+  config.model.decoder.hidden_dims = (16,)
+  return config
+
+
+def tiny_ar_encoder(vocab_size=3, num_tokens=2, width=8) -> models.AREncoder:
+  return models.AREncoder(vocab_size=vocab_size, num_tokens=num_tokens, width=width,
+                          encoder_layers=1, decoder_layers=2, num_heads=2, mlp_ratio=2)
+
+
+def tiny_na_encoder(vocab_size=3, num_tokens=2, width=8) -> models.NAEncoder:
+  return models.NAEncoder(vocab_size=vocab_size, num_tokens=num_tokens, width=width,
+                          num_layers=1, num_heads=2, mlp_ratio=2)
+
+
+def init(module, *args, seed=0, **kwargs):
+  return jax.jit(lambda r: module.init(r, *args, **kwargs))(jax.random.key(seed))
+
+
+def random_images(n: int, shape=(8, 8, 1), seed=0) -> jnp.ndarray:
+  return jnp.asarray(np.random.default_rng(seed).random((n, *shape)) > 0.5, jnp.float32)
+
+
+def all_sequences(vocab_size: int, length: int) -> np.ndarray:
+  """Every sequence of `length` codes: [V**L, L] in lexicographic order."""
+  grids = np.meshgrid(*[np.arange(vocab_size)] * length, indexing='ij')
+  return np.stack([g.reshape(-1) for g in grids], axis=-1).astype(np.int32)

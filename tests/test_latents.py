@@ -1,0 +1,116 @@
+"""Rollout, KV cache, start token and sampling distribution of the encoders."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from daps_jax import latents
+from daps_jax.models import patching
+from tests import helpers
+
+
+@pytest.fixture(scope='module')
+def ar():
+  encoder = helpers.tiny_ar_encoder(vocab_size=5, num_tokens=6, width=8)
+  images = helpers.random_images(3, seed=2)
+  params = helpers.init(encoder, images, jnp.zeros((3, 6), jnp.int32))
+  return encoder, params, images
+
+
+@pytest.mark.parametrize('kind', ['ar', 'na'])
+def test_rollout_log_q_equals_teacher_forced(kind):
+  make = helpers.tiny_ar_encoder if kind == 'ar' else helpers.tiny_na_encoder
+  encoder = make(vocab_size=5, num_tokens=6)
+  images = helpers.random_images(3, seed=3)
+  params = helpers.init(encoder, images, jnp.zeros((3, 6), jnp.int32))
+  rollout = jax.jit(lambda p: latents.sample_latents(encoder, p, images, jax.random.key(1), 4))(
+      params)
+  assert rollout.tokens.shape == (3, 4, 6) and rollout.log_q.shape == (3, 4)
+  assert rollout.tokens.dtype == jnp.int32
+  scores = latents.score_latents(encoder, params, images, rollout.tokens)
+  np.testing.assert_allclose(rollout.log_q, scores.log_q, rtol=1e-5, atol=1e-5)
+  assert np.all(np.asarray(scores.kl) >= -1e-5)
+
+
+def test_cached_decoding_equals_uncached(ar):
+  encoder, params, images = ar
+  tokens = jax.random.randint(jax.random.key(0), (3, 6), 0, 5)
+  cross = encoder.apply(params, images, method='encode')
+  full = encoder.apply(params, cross, tokens, method='decode')  # [B, L, V]
+  cache = encoder.init_cache(3)
+  previous = jnp.full((3,), encoder.start_token, jnp.int32)
+  for t in range(6):
+    logits, cache = encoder.apply(params, previous, jnp.asarray(t), cache, cross,
+                                  method='decode_step')
+    np.testing.assert_allclose(logits, full[:, t], rtol=1e-5, atol=1e-5)
+    previous = tokens[:, t]
+
+
+def test_start_token_is_not_a_code(ar):
+  encoder, params, images = ar
+  assert encoder.start_token == encoder.vocab_size
+  assert params['params']['token_embed']['embedding'].shape[0] == encoder.vocab_size + 1
+  tokens = latents.sample_latents(encoder, params, images, jax.random.key(0), 64).tokens
+  assert int(tokens.min()) >= 0 and int(tokens.max()) < encoder.vocab_size
+  logits = lambda z: encoder.apply(params, images, jnp.asarray(z, jnp.int32))
+  base = np.zeros((3, 6), np.int32)
+  other = base.copy()
+  other[:, 0] = 1
+  # Code 0 is a real input: position 1 sees whether z_0 is 0 or 1 ...
+  assert np.abs(logits(base)[:, 1] - logits(other)[:, 1]).max() > 1e-4
+  # ... and nothing at or after position t leaks into the logits of t.
+  future = base.copy()
+  future[:, 3:] = 4
+  np.testing.assert_allclose(logits(base)[:, :4], logits(future)[:, :4], atol=1e-6)
+  assert np.abs(logits(base)[:, 4] - logits(future)[:, 4]).max() > 1e-4
+
+
+@pytest.mark.parametrize('kind', ['ar', 'na'])
+def test_samples_follow_the_encoder_distribution(kind):
+  """L=2, V=3: empirical frequencies of 6000 draws vs exact q over all 9 sequences."""
+  make = helpers.tiny_ar_encoder if kind == 'ar' else helpers.tiny_na_encoder
+  encoder = make(vocab_size=3, num_tokens=2)
+  images = helpers.random_images(1, seed=4)
+  params = helpers.init(encoder, images, jnp.zeros((1, 2), jnp.int32))
+  # Sharpen the distribution so that it is far from uniform.
+  params = jax.tree.map(lambda x: 4 * x, params)
+  seqs = helpers.all_sequences(3, 2)
+  q = np.exp(np.asarray(latents.score_latents(encoder, params, images,
+                                              jnp.asarray(seqs)[None]).log_q[0], np.float64))
+  assert abs(q.sum() - 1) < 1e-5 and q.max() > 0.2
+  n = 6000
+  tokens = np.asarray(latents.sample_latents(encoder, params, images, jax.random.key(7),
+                                             n).tokens[0])
+  freq = np.bincount(tokens[:, 0] * 3 + tokens[:, 1], minlength=9) / n
+  np.testing.assert_array_less(np.abs(freq - q), 5 * np.sqrt(q * (1 - q) / n) + 1e-3)
+
+
+def test_samples_do_not_depend_on_batch_composition(ar):
+  encoder, params, images = ar
+  keys = latents.example_keys(jax.random.key(3), 3)
+  whole = latents.sample_latents(encoder, params, images, keys, 4)
+  part = latents.sample_latents(encoder, params, images[1:], keys[1:], 4)
+  np.testing.assert_array_equal(whole.tokens[1:], part.tokens)
+
+
+@pytest.mark.parametrize('tokens,grid,patch,dim', [
+    (8, (2, 4), (14, 8), 112), (64, (8, 8), (4, 4), 48), (1024, (32, 32), (8, 8), 192)])
+def test_patch_grid(tokens, grid, patch, dim):
+  shape = {8: (28, 28, 1), 64: (32, 32, 3), 1024: (256, 256, 3)}[tokens]
+  assert patching.grid_shape(tokens) == grid
+  assert patching.patch_shape(shape, tokens) == patch
+  assert patching.patch_dim(shape, tokens) == dim
+
+
+def test_patchify_pads_centred_in_raster_order():
+  images = jnp.arange(28 * 28, dtype=jnp.float32).reshape(1, 28, 28, 1) + 1
+  patches = patching.patchify(images, 8)  # Canvas 28x32: 2 zero columns each side.
+  assert patches.shape == (1, 8, 112)
+  first = np.asarray(patches[0, 0]).reshape(14, 8)
+  np.testing.assert_array_equal(first[:, :2], 0)
+  np.testing.assert_array_equal(first[:, 2:], np.asarray(images[0, :14, :6, 0]))
+  second = np.asarray(patches[0, 1]).reshape(14, 8)
+  np.testing.assert_array_equal(second, np.asarray(images[0, :14, 6:14, 0]))
+  last = np.asarray(patches[0, 7]).reshape(14, 8)
+  np.testing.assert_array_equal(last[:, 6:], 0)

@@ -1,0 +1,96 @@
+"""End to end: a two-step run into a temp workdir, a resume, and bad inputs."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from daps_jax import build
+from daps_jax import checkpoint
+from daps_jax import data
+from daps_jax import train
+from tests import helpers
+
+
+def _final_state(workdir: str, step: int, like):
+  ckpt = checkpoint.Checkpointer(workdir, keep=3)
+  state, data_state = ckpt.restore(step, like)
+  ckpt.close()
+  return state, data_state
+
+
+def _steps_logged(workdir: str) -> list[int]:
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line)['step'] for line in f if 'loss/policy' in line]
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  """(resumed workdir: 2 steps then 2 more, uninterrupted workdir: 4 steps)."""
+  resumed = str(tmp_path_factory.mktemp('resumed'))
+  straight = str(tmp_path_factory.mktemp('straight'))
+  config = helpers.tiny_config()
+  config.method.beta_decay_steps = 4  # The same beta schedule for 2 + 2 and 4 steps.
+  first = train.train_and_evaluate(config, resumed)
+  config.total_steps = 4
+  second = train.train_and_evaluate(config, resumed)
+  train.train_and_evaluate(config, straight)
+  return resumed, straight, first, second
+
+
+def test_two_step_run_writes_everything(runs):
+  resumed, _, first, _ = runs
+  for name in ('config.json', 'metrics.jsonl', 'images/recon_00000002.png'):
+    assert os.path.exists(os.path.join(resumed, name)), name
+  assert os.listdir(os.path.join(resumed, 'tb'))
+  for key in ('eval/elbo', 'eval/beta_elbo', 'eval/psnr', 'eval/psnr_mean_image',
+              'codebook/used_fraction', 'codebook/perplexity', 'dual/eta', 'policy/beta'):
+    assert np.isfinite(first[key]), key
+  assert first['eval/num_examples'] == 1000  # The whole held-out split, once.
+
+
+def test_resume_continues_from_saved_step(runs):
+  resumed, straight, _, _ = runs
+  assert _steps_logged(resumed) == [1, 2, 3, 4]
+  assert sorted(int(s) for s in os.listdir(os.path.join(resumed, 'checkpoints'))) == [2, 4]
+
+
+def test_resumed_run_equals_uninterrupted_run(runs):
+  resumed, straight, _, second = runs
+  config = helpers.tiny_config()
+  spec = data.get_spec(config.data.name)
+  like = train.initial_state(config, build.networks(config, spec.image_shape), spec)
+  a, data_a = _final_state(resumed, 4, like)
+  b, data_b = _final_state(straight, 4, like)
+  assert data_a == data_b
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  assert int(a.step) == 4
+
+
+def test_resume_with_different_model_is_refused(runs):
+  resumed = runs[0]
+  config = helpers.tiny_config()
+  config.model.vocab_size = 32
+  with pytest.raises(ValueError, match=r'config\.model differs.*fresh --workdir'):
+    train.train_and_evaluate(config, resumed)
+
+
+def test_mismatched_checkpoint_names_the_arrays(tmp_path):
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1)
+  ckpt.save(1, {'w': np.ones((3,), np.float32)}, {'pos': 1})
+  ckpt.close()
+  ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1)
+  with pytest.raises(checkpoint.CheckpointError, match=r"\['w'\].*\(3,\).*\(5,\)"):
+    ckpt.restore(1, {'w': np.zeros((5,), np.float32)})
+  ckpt.close()
+
+
+def test_missing_data_is_reported_before_training(tmp_path):
+  config = helpers.tiny_config()
+  config.data.name = 'fashion_mnist'
+  config.data.dir = str(tmp_path / 'nowhere')
+  with pytest.raises(ValueError, match='daps_jax.data.prepare'):
+    train.train_and_evaluate(config, str(tmp_path / 'work'))
