@@ -93,3 +93,28 @@ def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
   usage = metrics_lib.codebook_usage(jnp.asarray(totals['code_counts']))
   result.update({k: float(v) for k, v in usage.items()})
   return {k: float(v) for k, v in result.items()}, grid
+
+
+def mean_image_psnr(name: str, data_dir: str | None, *, seed: int, eval_batch_size: int,
+                    num_examples: int = 4096) -> float:
+  """PSNR of predicting the mean train image for every eval image (a baseline).
+
+  The mean is taken over the first `num_examples` of the shuffled train stream
+  (the whole split when smaller); eval images are streamed, so any split size
+  works. Images in [0, 1], per-image PSNR averaged as in `evaluate`.
+  """
+  spec = data.get_spec(name)
+  loader = data.train_loader(name, data_dir=data_dir, batch_size=min(256, num_examples),
+                             seed=seed)
+  needed = min(num_examples, loader.num_examples)
+  total, count = 0.0, 0
+  while count < needed:  # The first epoch: `needed` distinct examples.
+    batch = np.asarray(data.to_unit(next(loader)['image'], spec), np.float64)[:needed - count]
+    total, count = total + batch.sum(0), count + len(batch)
+  mean = np.clip(total / count, 0.0, 1.0)
+  psnr_sum, n = 0.0, 0
+  for batch in data.eval_batches(name, data_dir=data_dir, batch_size=eval_batch_size):
+    images = np.asarray(data.to_unit(batch['image'], spec))
+    psnr = np.asarray(metrics_lib.psnr(jnp.broadcast_to(mean, images.shape), images))
+    psnr_sum, n = psnr_sum + psnr[batch['mask']].sum(), n + batch['mask'].sum()
+  return float(psnr_sum / n)

@@ -81,8 +81,7 @@ def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array
     tokens = jax.vmap(draw)(keys, logits).astype(jnp.int32)
     return Rollout(tokens, _token_log_prob(logits, tokens).sum(-1))
 
-  cross = encoder.apply(params, images, method='encode')
-  cross = jax.tree.map(lambda a: fold_samples(a, num_samples), cross)
+  cross = encoder.apply(params, images, method='encode')  # Once per input, not per sample.
   start = jnp.full((b * num_samples,), encoder.start_token, jnp.int32)
 
   def step(carry, position):
@@ -107,7 +106,6 @@ def score_latents(encoder: nn.Module, params, images: jax.Array, tokens: jax.Arr
   b, k, length = tokens.shape
   if encoder.autoregressive:
     cross = encoder.apply(params, images, method='encode')
-    cross = jax.tree.map(lambda a: fold_samples(a, k), cross)
     logits = encoder.apply(params, cross, tokens.reshape(b * k, length), method='decode')
     logits = unfold_samples(logits, k)  # [B, K, L, V]
   else:

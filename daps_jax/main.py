@@ -44,7 +44,13 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   logging.info('JAX %s on %s: %d processes, %d devices.', jax.__version__,
                jax.default_backend(), jax.process_count(), jax.device_count())
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if result and jax.process_index() == 0:
+    print(f'Held-out PSNR {result["eval/psnr"]:.2f} dB (predicting the mean train image: '
+          f'{result["eval/psnr_mean_image"]:.2f} dB); ELBO {result["eval/elbo"]:.2f}, '
+          f'beta-ELBO {result["eval/beta_elbo"]:.2f} nats; codebook used '
+          f'{result["codebook/used_fraction"]:.3f}, perplexity {result["codebook/perplexity"]:.1f}. '
+          f'Outputs in {_WORKDIR.value}.')
 
 
 if __name__ == '__main__':

@@ -3,7 +3,7 @@
 Shape legend: B batch, N sequences, L latent positions, V codebook size.
 Images are [B, ...] with values in [0, 1].
 
-Everything except `mean_image_psnr` is pure JAX and runs under `jit`/`pmap`.
+Everything is pure JAX and runs under `jit`/`pmap`.
 Codebook usage is computed in two steps so it can be accumulated over a whole
 validation set and across devices: `code_counts` per batch (integer counts, so a
 `psum` of them is exact), then `codebook_usage` once on the summed counts.
@@ -16,7 +16,6 @@ import numpy as np
 # A perfect reconstruction would give mse 0 and infinite PSNR; the floor caps it
 # at 10 * log10(1 / 1e-10) = 100 dB so averages stay finite.
 MSE_FLOOR = 1e-10
-_EVAL_CHUNK = 1024  # images per chunk in `mean_image_psnr`, bounds host memory.
 
 
 def psnr(x: jax.Array, y: jax.Array) -> jax.Array:
@@ -105,26 +104,3 @@ def codebook_usage(counts: jax.Array) -> dict[str, jax.Array]:
       'codebook/used_fraction_per_position': used_per_position.mean(),
       'codebook/perplexity_per_position': perplexity_per_position.mean(),
   }
-
-
-def mean_image_psnr(train_images: np.ndarray, eval_images: np.ndarray) -> float:
-  """PSNR of the trivial baseline that predicts the mean train image.
-
-  Args:
-    train_images: [N, ...] images in [0, 1].
-    eval_images: [M, ...] images in [0, 1], same per-image shape.
-
-  Returns:
-    The per-image PSNR (clipped, floored as in `psnr`) averaged over the M images.
-  """
-  if train_images.shape[1:] != eval_images.shape[1:]:
-    raise ValueError(
-        f'image shapes differ: train {train_images.shape[1:]}, '
-        f'eval {eval_images.shape[1:]}.')
-  mean_image = np.clip(train_images.mean(axis=0, dtype=np.float64), 0.0, 1.0)
-  axes = tuple(range(1, eval_images.ndim))
-  mse = np.concatenate([
-      np.square(np.clip(eval_images[i:i + _EVAL_CHUNK], 0.0, 1.0) - mean_image).mean(axis=axes)
-      for i in range(0, len(eval_images), _EVAL_CHUNK)
-  ])
-  return float(np.mean(-10.0 * np.log10(np.maximum(mse, MSE_FLOOR))))

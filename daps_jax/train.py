@@ -52,24 +52,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def mean_image_psnr(config, spec: data.DatasetSpec, num_examples: int = 4096) -> float:
-  """PSNR of predicting the mean train image (from up to `num_examples`) on the eval split."""
-  loader = data.train_loader(config.data.name, data_dir=config.data.dir,
-                             batch_size=min(256, num_examples), seed=config.seed)
-  total, count = 0.0, 0
-  while count < min(num_examples, loader.num_examples):
-    batch = next(loader)['image']
-    total, count = total + np.asarray(data.to_unit(batch, spec)).sum(0), count + len(batch)
-  mean = total / count
-  psnrs = []
-  for batch in data.eval_batches(config.data.name, data_dir=config.data.dir,
-                                 batch_size=config.eval_batch_size):
-    unit = np.clip(np.asarray(data.to_unit(batch['image'], spec)), 0, 1)
-    mse = np.square(unit - mean).reshape(len(unit), -1).mean(-1)
-    psnrs.append((-10 * np.log10(np.maximum(mse, 1e-10)))[batch['mask']])
-  return float(np.concatenate(psnrs).mean())
-
-
 def initial_state(config: ml_collections.ConfigDict, networks: build.Networks,
                   spec: data.DatasetSpec) -> state_lib.DapsState:
   """Freshly initialised host state of a config (also the target of a restore)."""
@@ -129,7 +111,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                        beta_final=config.method.beta_final, spec=spec,
                                        num_grid_images=config.num_grid_images)
     if baseline_psnr is None:
-      baseline_psnr = mean_image_psnr(config, spec)
+      baseline_psnr = evaluation.mean_image_psnr(
+          config.data.name, config.data.dir, seed=config.seed,
+          eval_batch_size=parallel.process_batch_size(config.eval_batch_size))
     host_state = parallel.unreplicate(state.dual.params)
     result['eval/psnr_mean_image'] = baseline_psnr
     result['dual/eta'] = float(np.exp(host_state['log_eta']))

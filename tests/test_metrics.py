@@ -108,16 +108,6 @@ def test_codebook_usage_on_summed_counts_is_exact():
   np.testing.assert_allclose(usage['codebook/used_fraction_per_position'], (3 / 4 + 2 / 4) / 2)
 
 
-def test_mean_image_psnr_on_toy_set():
-  train = np.stack([np.full((2, 2, 1), 0.2), np.full((2, 2, 1), 0.6)])  # mean 0.4
-  evals = np.stack([np.full((2, 2, 1), 0.5), np.full((2, 2, 1), 1.4)])  # 1.4 -> 1.0
-  expected = (-10 * math.log10(0.1 ** 2) - 10 * math.log10(0.6 ** 2)) / 2
-  assert metrics.mean_image_psnr(train, evals) == pytest.approx(expected)
-
-
-# --- writers -------------------------------------------------------------------
-
-
 def _read_summaries(tb_dir: pathlib.Path) -> list[tuple[int, str, float | None]]:
   """(step, tag, scalar or None for an image) from TFRecord event files.
 

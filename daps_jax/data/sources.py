@@ -170,8 +170,11 @@ def _find_idx(data_dir: PathLike, split: str, kind: str) -> str | None:
   return None
 
 
+@functools.lru_cache(maxsize=4)
 def idx_source(data_dir: PathLike, split: str) -> ArraySource | None:
   """MNIST-format IDX files of ``split`` in ``data_dir``, or None if absent.
+
+  Parsed once per process and split: every evaluation reads the same arrays.
 
   Images become uint8 [N, H, W, 1]. A lone images or labels file, a count
   mismatch, or a corrupt file raise DataError.

@@ -46,7 +46,7 @@ class AREncoder(nn.Module):
     return self.vocab_size
 
   def encode(self, images: jax.Array) -> tuple[layers.KV, ...]:
-    """images [B, H, W, C] -> per-layer cross-attention KV, each [B, L, H, Dh]."""
+    """images [B, H, W, C] -> per-layer cross-attention KV, each [B, heads, L, Dh]."""
     memory = self.patches(patching.patchify(images, self.num_tokens))
     return tuple(block.cross_kv(memory) for block in self.blocks)
 
@@ -62,7 +62,10 @@ class AREncoder(nn.Module):
     return self.decode(self.encode(images), tokens)
 
   def decode(self, cross: tuple[layers.KV, ...], tokens: jax.Array) -> jax.Array:
-    """Teacher forcing from precomputed cross KV: tokens [B, L] -> logits [B, L, V]."""
+    """Teacher forcing from precomputed cross KV of B inputs.
+
+    tokens [G*B, L] (G consecutive sequences per input) -> logits [G*B, L, V].
+    """
     start = jnp.full((tokens.shape[0], 1), self.start_token, tokens.dtype)
     inputs = jnp.concatenate([start, tokens[:, :-1]], axis=1)
     x = self._embed(inputs, jnp.arange(self.num_tokens))
@@ -72,7 +75,10 @@ class AREncoder(nn.Module):
 
   def decode_step(self, token: jax.Array, position: jax.Array, cache: tuple[layers.KV, ...],
                   cross: tuple[layers.KV, ...]) -> tuple[jax.Array, tuple[layers.KV, ...]]:
-    """One step: previous token [B] at `position` -> logits [B, V] and the new cache."""
+    """One step: previous tokens [G*B] at `position` -> logits [G*B, V] and the new cache.
+
+    `cross` holds the KV of the B inputs; each has G consecutive sequences.
+    """
     x = self._embed(token[:, None], position[None])
     new_cache = []
     for block, kv, layer_cache in zip(self.blocks, cross, cache):
@@ -82,8 +88,8 @@ class AREncoder(nn.Module):
 
   @nn.nowrap
   def init_cache(self, batch_size: int, dtype=jnp.float32) -> tuple[layers.KV, ...]:
-    """Zero self-attention cache: N layers of k, v [B, L, H, Dh]."""
-    shape = (batch_size, self.num_tokens, self.num_heads, self.width // self.num_heads)
+    """Zero self-attention cache: N layers of k, v [B, H, L, Dh]."""
+    shape = (batch_size, self.num_heads, self.num_tokens, self.width // self.num_heads)
     return tuple(layers.KV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
                  for _ in range(self.decoder_layers))
 

@@ -27,7 +27,8 @@ def sincos_positions(length: int, width: int) -> np.ndarray:
 
 
 class KV(NamedTuple):
-  """Keys and values, each [B, S, H, Dh]."""
+  """Keys and values, each [B, H, S, Dh] (heads before positions: the layout the
+  attention matmuls read, so a cache is never transposed)."""
   k: jax.Array
   v: jax.Array
 
@@ -54,20 +55,22 @@ class Attention(nn.Module):
     self.out = dense(self.width, use_bias=False)
 
   def _split(self, x: jax.Array) -> jax.Array:
-    return x.reshape(*x.shape[:-1], self.num_heads, self.width // self.num_heads)
+    """[B, T, D] -> [B, H, T, Dh]."""
+    x = x.reshape(*x.shape[:-1], self.num_heads, self.width // self.num_heads)
+    return jnp.swapaxes(x, -2, -3)
 
   def project_kv(self, x: jax.Array) -> KV:
-    """x [B, S, D] -> KV with k, v [B, S, H, Dh]."""
+    """x [B, S, D] -> KV with k, v [B, H, S, Dh]."""
     return KV(self._split(self.key(x)), self._split(self.value(x)))
 
   def attend(self, x: jax.Array, kv: KV, mask: jax.Array | None = None) -> jax.Array:
     """Queries from x [B, T, D] over kv; mask broadcastable to [B, H, T, S]."""
     q = self._split(self.query(x))
-    logits = jnp.einsum('bthd,bshd->bhts', q, kv.k) / np.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum('bhtd,bhsd->bhts', q, kv.k) / np.sqrt(q.shape[-1]).astype(q.dtype)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     probs = jax.nn.softmax(logits, axis=-1)
-    y = jnp.einsum('bhts,bshd->bthd', probs, kv.v)
+    y = jnp.einsum('bhts,bhsd->bthd', probs, kv.v)
     return self.out(y.reshape(*x.shape[:-1], self.width))
 
   def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array | None = None):
@@ -116,15 +119,20 @@ class DecoderBlock(nn.Module):
     self.mlp = MLP(self.width, self.mlp_ratio * self.width)
 
   def cross_kv(self, memory: jax.Array) -> KV:
-    """Cross-attention keys/values of the memory [B, S, D], computed once."""
+    """Cross-attention keys/values [B, H, S, Dh] of the memory [B, S, D], computed once."""
     return self.cross_attn.project_kv(memory)
 
   def _finish(self, x: jax.Array, cross: KV) -> jax.Array:
-    x = x + self.cross_attn.attend(self.cross_norm(x), cross)
+    # x holds G >= 1 consecutive rows per memory row (the K samples of one input):
+    # [G*B, T, D] -> [B, G*T, D] makes them extra queries against one copy of the
+    # memory's keys/values, which are then read once per input, not once per sample.
+    groups = x.shape[0] // cross.k.shape[0]
+    h = self.cross_norm(x).reshape(cross.k.shape[0], groups * x.shape[1], self.width)
+    x = x + self.cross_attn.attend(h, cross).reshape(x.shape)
     return x + self.mlp(self.mlp_norm(x))
 
   def __call__(self, x: jax.Array, cross: KV) -> jax.Array:
-    """x [B, T, D] -> [B, T, D], causal over T."""
+    """x [G*B, T, D] -> [G*B, T, D], causal over T; cross k, v [B, H, S, Dh]."""
     length = x.shape[1]
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
     h = self.self_norm(x)
@@ -132,13 +140,13 @@ class DecoderBlock(nn.Module):
     return self._finish(x, cross)
 
   def step(self, x: jax.Array, position: jax.Array, cache: KV, cross: KV) -> tuple[jax.Array, KV]:
-    """One position x [B, 1, D] at `position`; cache k, v [B, T, H, Dh] of fixed T."""
+    """One position x [G*B, 1, D] at `position`; cache k, v [G*B, H, T, Dh] of fixed T."""
     h = self.self_norm(x)
     new = self.self_attn.project_kv(h)
-    index = (0, position, 0, 0)
+    index = (0, 0, position, 0)
     cache = KV(jax.lax.dynamic_update_slice(cache.k, new.k, index),
                jax.lax.dynamic_update_slice(cache.v, new.v, index))
-    visible = jnp.arange(cache.k.shape[1]) <= position
+    visible = jnp.arange(cache.k.shape[2]) <= position
     x = x + self.self_attn.attend(h, cache, visible)
     return self._finish(x, cross), cache
 
