@@ -55,6 +55,7 @@ def optimizers(config: ml_collections.ConfigDict):
   o = config.optim
   kwargs = dict(weight_decay=o.weight_decay, b1=o.b1, b2=o.b2, eps=o.eps, clip=o.clip,
                 max_consecutive_skips=o.max_consecutive_skips)
+  # No decay or clipping of log(eta): decay would pull eta towards 1.
   dual = optim.adamw(config.method.eta_learning_rate, weight_decay=0.0, clip=None,
                      max_consecutive_skips=o.max_consecutive_skips)
   return optim.adamw(o.learning_rate, **kwargs), optim.adamw(o.learning_rate, **kwargs), dual

@@ -38,8 +38,7 @@ def eval_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, networ
   """
   images, mask = batch['image'], batch['mask'].astype(jnp.float32)
   enc_vars = {'params': state.encoder.params}
-  keys = latents.example_keys(rng, images.shape[0], axis_name)
-  rollout = latents.sample_latents(networks.encoder, enc_vars, images, keys, 1)
+  rollout = latents.sample_latents(networks.encoder, enc_vars, images, rng, 1, axis_name)
   kl = latents.score_latents(networks.encoder, enc_vars, images, rollout.tokens).kl[:, 0]
   tokens = rollout.tokens[:, 0]
   out = networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)

@@ -59,21 +59,23 @@ def example_keys(rng: jax.Array, batch_size: int, axis_name: str | None = None) 
 
 
 def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array,
-                   num_samples: int) -> Rollout:
+                   num_samples: int, axis_name: str | None = None) -> Rollout:
   """Draws K latent sequences per input from q_theta(z|x), without gradient.
 
   Args:
     encoder: an `AREncoder` or `NAEncoder` module (unbound).
     params: its variables (`{'params': ...}`).
     images: [B, H, W, C].
-    rng: one PRNG key, or per-input keys [B] (see `example_keys`).
+    rng: one PRNG key (each input's key is derived from its global index, see
+      `example_keys`), or per-input keys [B].
     num_samples: K.
+    axis_name: optional device axis the batch is sharded over.
   Returns:
     Rollout with tokens [B, K, L] int32 and log q [B, K].
   """
   params = jax.lax.stop_gradient(params)
   b = images.shape[0]
-  keys = jax.random.split(rng, b) if rng.ndim == 0 else rng
+  keys = example_keys(rng, b, axis_name) if rng.ndim == 0 else rng
   if not encoder.autoregressive:
     logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]
     draw = lambda key, lg: jax.random.categorical(key, lg, axis=-1,

@@ -136,10 +136,10 @@ def train_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, netwo
   [B, H, W, C].
   """
   images = batch['image']
-  keys = latents.example_keys(jax.random.fold_in(rng, state.step), images.shape[0], axis_name)
   beta = hparams.beta(state.step)
   rollout = latents.sample_latents(networks.encoder, {'params': state.encoder.params}, images,
-                                   keys, hparams.num_samples)
+                                   jax.random.fold_in(rng, state.step), hparams.num_samples,
+                                   axis_name)
   decoder, log_p, dec_metrics = decoder_step(state.decoder, images, rollout.tokens,
                                              decoder=networks.decoder,
                                              likelihood=networks.likelihood, axis_name=axis_name)

@@ -100,7 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   baseline_psnr = None
   eval_metrics = {}
 
-  def run_eval(step: int) -> dict:
+  def run_eval(step: int, train_metrics: dict) -> dict:
     nonlocal baseline_psnr
     batches = data.eval_batches(config.data.name, data_dir=config.data.dir,
                                 batch_size=parallel.process_batch_size(config.eval_batch_size),
@@ -117,6 +117,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     host_state = parallel.unreplicate(state.dual.params)
     result['eval/psnr_mean_image'] = baseline_psnr
     result['dual/eta'] = float(np.exp(host_state['log_eta']))
+    result['dual/ess_fraction'] = float(train_metrics['dual/ess_fraction'][0])
     result['policy/beta'] = float(hparams.beta(step))
     writer.write_scalars(step, result)
     if grid is not None:
@@ -141,7 +142,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         scalars['perf/steps_per_sec'] = steps_per_sec
       writer.write_scalars(step, scalars)
     if step % config.eval_every_steps == 0 or final:
-      eval_metrics = run_eval(step)
+      eval_metrics = run_eval(step, metrics)
     if step % config.checkpoint_every_steps == 0 or final:
       ckpt.save(step, parallel.unreplicate(state), loader.get_state())
   if start_step >= config.total_steps:
