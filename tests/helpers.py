@@ -45,6 +45,14 @@ def tiny_na_encoder(vocab_size=3, num_tokens=2, width=8) -> models.NAEncoder:
                           num_layers=1, num_heads=2, mlp_ratio=2)
 
 
+def encoder_setup(kind: str, *, vocab_size: int, num_tokens: int, batch: int, seed: int):
+  """(tiny 'ar' or 'na' encoder, its variables, binary images [batch, 8, 8, 1])."""
+  make = tiny_ar_encoder if kind == 'ar' else tiny_na_encoder
+  encoder = make(vocab_size=vocab_size, num_tokens=num_tokens)
+  images = random_images(batch, seed=seed)
+  return encoder, init(encoder, images, jnp.zeros((batch, num_tokens), jnp.int32)), images
+
+
 def init(module, *args, seed=0, **kwargs):
   return jax.jit(lambda r: module.init(r, *args, **kwargs))(jax.random.key(seed))
 

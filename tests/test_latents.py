@@ -12,18 +12,13 @@ from tests import helpers
 
 @pytest.fixture(scope='module')
 def ar():
-  encoder = helpers.tiny_ar_encoder(vocab_size=5, num_tokens=6, width=8)
-  images = helpers.random_images(3, seed=2)
-  params = helpers.init(encoder, images, jnp.zeros((3, 6), jnp.int32))
-  return encoder, params, images
+  return helpers.encoder_setup('ar', vocab_size=5, num_tokens=6, batch=3, seed=2)
 
 
 @pytest.mark.parametrize('kind', ['ar', 'na'])
 def test_rollout_log_q_equals_teacher_forced(kind):
-  make = helpers.tiny_ar_encoder if kind == 'ar' else helpers.tiny_na_encoder
-  encoder = make(vocab_size=5, num_tokens=6)
-  images = helpers.random_images(3, seed=3)
-  params = helpers.init(encoder, images, jnp.zeros((3, 6), jnp.int32))
+  encoder, params, images = helpers.encoder_setup(kind, vocab_size=5, num_tokens=6, batch=3,
+                                                  seed=3)
   rollout = jax.jit(lambda p: latents.sample_latents(encoder, p, images, jax.random.key(1), 4))(
       params)
   assert rollout.tokens.shape == (3, 4, 6) and rollout.log_q.shape == (3, 4)
@@ -69,10 +64,8 @@ def test_start_token_is_not_a_code(ar):
 @pytest.mark.parametrize('kind', ['ar', 'na'])
 def test_samples_follow_the_encoder_distribution(kind):
   """L=2, V=3: empirical frequencies of 6000 draws vs exact q over all 9 sequences."""
-  make = helpers.tiny_ar_encoder if kind == 'ar' else helpers.tiny_na_encoder
-  encoder = make(vocab_size=3, num_tokens=2)
-  images = helpers.random_images(1, seed=4)
-  params = helpers.init(encoder, images, jnp.zeros((1, 2), jnp.int32))
+  encoder, params, images = helpers.encoder_setup(kind, vocab_size=3, num_tokens=2, batch=1,
+                                                  seed=4)
   # Sharpen the distribution so that it is far from uniform.
   params = jax.tree.map(lambda x: 4 * x, params)
   seqs = helpers.all_sequences(3, 2)
