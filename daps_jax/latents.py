@@ -75,6 +75,8 @@ def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array
   """
   params = jax.lax.stop_gradient(params)
   b = images.shape[0]
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # Raw uint32 keys (PRNGKey).
+    rng = jax.random.wrap_key_data(rng)
   keys = example_keys(rng, b, axis_name) if rng.ndim == 0 else rng
   if not encoder.autoregressive:
     logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]

@@ -52,10 +52,15 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def _run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init, loop, eval) keys of a run: one seed, split by purpose."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def initial_state(config: ml_collections.ConfigDict, networks: build.Networks,
                   spec: data.DatasetSpec) -> state_lib.DapsState:
   """Freshly initialised host state of a config (also the target of a restore)."""
-  rng_init = jax.random.split(jax.random.key(config.seed), 3)[0]
+  rng_init, _, _ = _run_keys(config.seed)
   txs = build.optimizers(config)
   create = lambda r: state_lib.create_state(r, networks, txs, image_shape=spec.image_shape,
                                             eta_init=config.method.eta_init)
@@ -76,7 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   hparams = build.hparams(config)
-  _, rng_loop, rng_eval = jax.random.split(jax.random.key(config.seed), 3)
+  _, rng_loop, rng_eval = _run_keys(config.seed)
   state = initial_state(config, networks, spec)
 
   loader = data.train_loader(config.data.name, data_dir=config.data.dir,
@@ -93,7 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = parallel.replicate(state)
 
   p_train_step = parallel.pmap_step(steps.train_step, donate_state=True, networks=networks,
-                               hparams=hparams)
+                                    hparams=hparams)
   p_eval_step = parallel.pmap_step(evaluation.eval_step, networks=networks, spec=spec)
   writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
   progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
@@ -131,22 +136,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                  result['codebook/used_fraction'], result['codebook/perplexity'])
     return result
 
-  for step in range(start_step + 1, config.total_steps + 1):
-    batch = parallel.shard(next(loader))
-    state, metrics = p_train_step(state, batch, rng_loop)
-    final = step == config.total_steps
-    steps_per_sec = progress(step)
-    if step % config.log_every_steps == 0 or final:
-      scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-      if steps_per_sec is not None:
-        scalars['perf/steps_per_sec'] = steps_per_sec
-      writer.write_scalars(step, scalars)
-    if step % config.eval_every_steps == 0 or final:
-      eval_metrics = run_eval(step, metrics)
-    if step % config.checkpoint_every_steps == 0 or final:
-      ckpt.save(step, parallel.unreplicate(state), loader.get_state())
-  if start_step >= config.total_steps:
-    logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
-  ckpt.close()
-  writer.close()
+  try:
+    for step in range(start_step + 1, config.total_steps + 1):
+      batch = parallel.shard(next(loader))
+      state, metrics = p_train_step(state, batch, rng_loop)
+      final = step == config.total_steps
+      steps_per_sec = progress(step)
+      if step % config.log_every_steps == 0 or final:
+        scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+        if steps_per_sec is not None:
+          scalars['perf/steps_per_sec'] = steps_per_sec
+        writer.write_scalars(step, scalars)
+      if step % config.eval_every_steps == 0 or final:
+        eval_metrics = run_eval(step, metrics)
+      if step % config.checkpoint_every_steps == 0 or final:
+        ckpt.save(step, parallel.unreplicate(state), loader.get_state())
+    if start_step >= config.total_steps:
+      logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
+  finally:
+    # Also on errors: finish the checkpoint being written and flush the logs.
+    ckpt.close()
+    writer.close()
   return eval_metrics

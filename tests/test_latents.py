@@ -107,3 +107,10 @@ def test_patchify_pads_centred_in_raster_order():
   np.testing.assert_array_equal(second, np.asarray(images[0, :14, 6:14, 0]))
   last = np.asarray(patches[0, 7]).reshape(14, 8)
   np.testing.assert_array_equal(last[:, 6:], 0)
+
+
+def test_raw_and_typed_keys_draw_the_same_samples(ar):
+  encoder, params, images = ar
+  raw = latents.sample_latents(encoder, params, images, jax.random.PRNGKey(4), 3)
+  typed = latents.sample_latents(encoder, params, images, jax.random.key(4), 3)
+  np.testing.assert_array_equal(raw.tokens, typed.tokens)
