@@ -29,7 +29,7 @@ setuptools.setup(
     ],
     extras_require={
         'tf': ['tensorflow-cpu'],  # Only to prepare the stock tfds datasets.
-        'cuda': ['jax[cuda12]'],
+        'cuda': ['jax[cuda]'],
         'tpu': ['jax[tpu]'],
         'test': ['pytest>=8', 'pytest-xdist>=3'],
     },
