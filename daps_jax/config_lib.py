@@ -12,6 +12,10 @@ _LIKELIHOOD = {'mnist_embedded': 'bernoulli', 'mnist': 'bernoulli', 'fashion_mni
                'cifar10': 'gaussian', 'imagenet2012': 'gaussian'}
 
 
+class ConfigError(ValueError):
+  """A config value or combination that cannot run; the message names the field."""
+
+
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """'a=1,b=x,flag' -> ConfigDict(a=1, b='x', flag=True), typed like `defaults`.
 
@@ -21,7 +25,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
     if key not in defaults:
-      raise ValueError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}.')
+      raise ConfigError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}.')
     default = defaults[key]
     if not sep:
       value = True
@@ -72,7 +76,7 @@ def daps_method(name: str, settings: dict[str, dict],
     num_samples: K.
   """
   if name not in settings:
-    raise ValueError(f'Unknown method {name!r}; valid: {", ".join(sorted(settings))}.')
+    raise ConfigError(f'Unknown method {name!r}; valid: {", ".join(sorted(settings))}.')
   ess_target, beta = settings[name]['ess_target'], settings[name]['beta']
   m = ml_collections.ConfigDict()
   m.name = name  # 'daps' (autoregressive encoder) or 'daps_na' (independent tokens).
@@ -88,11 +92,11 @@ def daps_method(name: str, settings: dict[str, dict],
 
 def _check(ok: bool, field: str, message: str):
   if not ok:
-    raise ValueError(f'config.{field}: {message}')
+    raise ConfigError(f'config.{field}: {message}')
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
-  """Raises ValueError naming the field and the fix for bad values or combinations."""
+  """Raises ConfigError naming the field and the fix for bad values or combinations."""
   for field in ('total_steps', 'batch_size', 'eval_batch_size', 'eval_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     _check(config[field] > 0, field, f'must be positive, got {config[field]}.')

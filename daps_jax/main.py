@@ -6,6 +6,7 @@ Running the same command again resumes from the newest checkpoint in DIR.
 
 import logging as std_logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -13,6 +14,9 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from daps_jax import checkpoint
+from daps_jax import config_lib
+from daps_jax import data
 from daps_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py:method=daps.',
@@ -44,7 +48,10 @@ def main(argv):
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
   logging.info('JAX %s on %s: %d processes, %d devices.', jax.__version__,
                jax.default_backend(), jax.process_count(), jax.device_count())
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+    sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
   if result and jax.process_index() == 0:
     print(f'Held-out PSNR {result["eval/psnr"]:.2f} dB (predicting the mean train image: '
           f'{result["eval/psnr_mean_image"]:.2f} dB); ELBO {result["eval/elbo"]:.2f}, '

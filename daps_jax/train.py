@@ -43,7 +43,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     for field in _FROZEN_FIELDS:
       if json.dumps(_get(saved, field), sort_keys=True) != json.dumps(_get(config, field),
                                                                        sort_keys=True):
-        raise ValueError(
+        raise config_lib.ConfigError(
             f'config.{field} differs from the run in {workdir} ({path}): '
             f'{_get(saved, field)} there vs {_get(config, field)} now. '
             'Resume with the same settings or use a fresh --workdir.')
