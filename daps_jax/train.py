@@ -144,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       steps_per_sec = progress(step)
       if step % config.log_every_steps == 0 or final:
         scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+        scalars['optim/learning_rate'] = config.optim.learning_rate  # Constant (spec §4).
+        scalars['optim/eta_learning_rate'] = config.method.eta_learning_rate
         if steps_per_sec is not None:
           scalars['perf/steps_per_sec'] = steps_per_sec
         writer.write_scalars(step, scalars)

@@ -94,3 +94,27 @@ def test_missing_data_is_reported_before_training(tmp_path):
   config.data.dir = str(tmp_path / 'nowhere')
   with pytest.raises(ValueError, match='daps_jax.data.prepare'):
     train.train_and_evaluate(config, str(tmp_path / 'work'))
+
+
+def test_cifar_path_with_mock_tfds_data(tmp_path):
+  """Gaussian likelihood, ResNet decoder with BatchNorm, standardised tfds data."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  config = helpers.load_config('cifar10', 'method=daps')
+  config.total_steps = 2
+  config.batch_size = 4
+  config.eval_batch_size = 8
+  config.eval_every_steps = config.checkpoint_every_steps = config.log_every_steps = 2
+  config.num_grid_images = 2
+  config.method.num_samples = 4
+  config.model.num_tokens = 16
+  config.model.vocab_size = 8
+  config.model.width = 16
+  config.model.encoder_layers = config.model.decoder_layers = 1
+  config.model.decoder.embed_dim = 8
+  config.model.decoder.channels = 8
+  with tfds.testing.mock_data(num_examples=20):
+    result = train.train_and_evaluate(config, str(tmp_path))
+  assert result['eval/num_examples'] == 20
+  assert 0 < result['eval/psnr'] < 60 and 0 < result['eval/psnr_mean_image'] < 60
+  assert all(np.isfinite(v) for v in result.values())
+  assert os.path.exists(tmp_path / 'images' / 'recon_00000002.png')
