@@ -6,10 +6,9 @@ A config file is `configs/<dataset>.py` with `get_config(arg)`; the colon argume
 
 import ml_collections
 
+from daps_jax import data
+
 METHODS = ('daps', 'daps_na')
-DATASETS = ('mnist_embedded', 'mnist', 'fashion_mnist', 'cifar10', 'imagenet2012')
-_LIKELIHOOD = {'mnist_embedded': 'bernoulli', 'mnist': 'bernoulli', 'fashion_mnist': 'bernoulli',
-               'cifar10': 'gaussian', 'imagenet2012': 'gaussian'}
 
 
 class ConfigError(ValueError):
@@ -51,7 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_grid_images = 16  # Originals/reconstructions shown in the eval PNG grid.
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = ''  # One of config_lib.DATASETS.
+  c.data.name = ''  # A dataset of daps_jax.data.SPECS.
   c.data.dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir or IDX folder.
   c.data.worker_count = 0  # grain worker processes for the train stream (0: in-process).
 
@@ -105,15 +104,15 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check(config[field] % num_devices == 0, field,
            f'{config[field]} does not divide by the {num_devices} devices; '
            f'use a multiple of {num_devices}.')
-  _check(config.data.name in DATASETS, 'data.name',
-         f'{config.data.name!r} is not one of {", ".join(DATASETS)}.')
+  _check(config.data.name in data.SPECS, 'data.name',
+         f'{config.data.name!r} is not one of {", ".join(data.SPECS)}.')
   m = config.model
   _check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
   _check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
   _check(m.width % (2 * m.num_heads) == 0, 'model.width',
          f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
   _check(m.decoder.kind in ('mlp', 'resnet'), 'model.decoder.kind', "use 'mlp' or 'resnet'.")
-  expected = _LIKELIHOOD.get(config.data.name)
+  expected = data.get_spec(config.data.name).likelihood
   _check(m.likelihood.kind == expected, 'model.likelihood.kind',
          f'{m.likelihood.kind!r} does not fit dataset {config.data.name!r}; use {expected!r}.')
   if m.likelihood.kind == 'gaussian':

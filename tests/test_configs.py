@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from daps_jax import config_lib
+from daps_jax import data
 from daps_jax import param_count
 from tests import helpers
 
@@ -22,7 +23,7 @@ def test_configs_load_and_validate(dataset, method):
   for field in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps',
                 'seed'):
     assert field in config
-  assert config.data.name and config.data.name in config_lib.DATASETS
+  assert config.data.name in data.SPECS
 
 
 def test_spec_settings():
