@@ -11,7 +11,6 @@ validation set and across devices: `code_counts` per batch (integer counts, so a
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 # A perfect reconstruction would give mse 0 and infinite PSNR; the floor caps it
 # at 10 * log10(1 / 1e-10) = 100 dB so averages stay finite.

@@ -1,7 +1,6 @@
 """Tests of daps_jax.metrics, daps_jax.writers and daps_jax.images."""
 
 import json
-import math
 import pathlib
 import struct
 

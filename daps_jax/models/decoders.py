@@ -10,7 +10,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from daps_jax.models import layers
 from daps_jax.models import patching
