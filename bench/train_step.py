@@ -5,7 +5,7 @@
   python -m bench.train_step --configs=cifar10 --paper_batch  # the config's batch
 
 For each config x method this builds the state and the step exactly as
-`daps_jax.train` does (`parallel.pmap_step(steps.train_step, donate_state=True)`)
+`daps_jax.train` does (`parallel.pmap_step(method.train_step, donate_state=True)`)
 and feeds it synthetic model-space images from a fixed numpy generator: binary
 pixels for Bernoulli datasets, standard normal ones for Gaussian datasets. It
 times (1) init: `create_state` under `jax.jit` (compile included) plus
@@ -51,12 +51,12 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import parallel
 from daps_jax import state as state_lib
-from daps_jax import steps
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 _CONFIGS = flags.DEFINE_list('configs', ['mnist', 'cifar10', 'imagenet'],
                              'Config files in configs/, without .py.')
-_METHODS = flags.DEFINE_list('methods', list(config_lib.METHODS), 'Methods to time.')
+_METHODS = flags.DEFINE_list('methods', ['daps', 'daps_na'],
+                             f'Methods to time, of {", ".join(config_lib.METHODS)}.')
 _BATCH_SIZE = flags.DEFINE_integer(
     'batch_size', None, 'Global batch for every case (default: the speed-anchor batch on CPU, '
     "else the config's).")
@@ -209,15 +209,15 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
   timer.reset()
   start = time.perf_counter()
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
+  method_fns = build.method(config, networks, spec.image_shape)
   txs = build.optimizers(config)
   rng_init, rng_loop = jax.random.split(jax.random.key(seed))
   state = jax.jit(lambda r: state_lib.create_state(
-      r, networks, txs, image_shape=spec.image_shape, eta_init=config.method.eta_init))(rng_init)
+      r, networks, txs, image_shape=spec.image_shape, init_aux=method_fns.init_aux))(rng_init)
   state = jax.block_until_ready(parallel.replicate(jax.device_get(state)))
   init_s = time.perf_counter() - start
 
-  p_step = parallel.pmap_step(steps.train_step, donate_state=True, networks=networks,
-                              hparams=build.hparams(config))
+  p_step = parallel.pmap_step(method_fns.train_step, donate_state=True)
   batch = jax.block_until_ready(on_devices(synthetic_batch(spec, config.batch_size, seed)))
 
   # (2) Compile: the first call, cold, through the same entry point the trainer uses.

@@ -4,11 +4,23 @@ A config file is `configs/<dataset>.py` with `get_config(arg)`; the colon argume
 (`configs/cifar10.py:method=daps_na,quickstart`) is parsed by `parse_arg`.
 """
 
+import math
+
 import ml_collections
 
 from daps_jax import data
 
-METHODS = ('daps', 'daps_na')
+# Every method of the paper's comparison plus PPO, by family (spec sections 1 and 5).
+FAMILIES = {
+    'daps': 'daps', 'daps_na': 'daps',
+    'gumbel': 'relaxed', 'gumbel_na': 'relaxed', 'grmck': 'relaxed', 'grmck_na': 'relaxed',
+    'vqvae': 'vqvae', 'fsq': 'fsq', 'ppo': 'ppo',
+}
+METHODS = tuple(FAMILIES)
+# Methods with the autoregressive encoder; the others use the bidirectional one.
+AUTOREGRESSIVE = ('daps', 'gumbel', 'grmck', 'ppo')
+# Methods without an analytic q(z|x): no ELBO or beta-ELBO.
+DETERMINISTIC = ('vqvae', 'fsq')
 
 
 class ConfigError(ValueError):
@@ -55,7 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.worker_count = 0  # grain worker processes for the train stream (0: in-process).
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.learning_rate = 3e-4  # Encoder and decoder AdamW learning rate (constant).
+  c.optim.learning_rate = 3e-4  # Encoder and decoder AdamW learning rate (initial).
+  c.optim.schedule = 'constant'  # 'constant' or 'cosine' (to final_learning_rate at total_steps).
+  c.optim.final_learning_rate = 0.0  # End of the cosine schedule.
   c.optim.weight_decay = 1e-4  # AdamW decoupled weight decay.
   c.optim.b1 = 0.9  # Adam beta1.
   c.optim.b2 = 0.999  # Adam beta2.
@@ -65,28 +79,71 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def daps_method(name: str, settings: dict[str, dict],
-                num_samples: int = 8) -> ml_collections.ConfigDict:
-  """Method block for DAPS / DAPS-NA (spec sections 1 and 5).
+def method(name: str, settings: dict[str, dict], num_samples: int = 8
+           ) -> ml_collections.ConfigDict:
+  """Method block (spec sections 1 and 5) from a dataset's per-method settings.
 
   Args:
     name: the method, a key of `settings`.
-    settings: per-method dataset settings {name: {'ess_target': .., 'beta': (init, final)}}.
-    num_samples: K.
+    settings: {method: {setting: value}} with, per family: daps `ess_target`,
+      `beta`; relaxed (gumbel*, grmck*) `beta`, `tau` and for grmck `num_gumbels`;
+      vqvae `commitment_cost`; fsq `levels`; ppo `beta`. `beta` and `tau` are
+      (initial, final) pairs. An `optim` entry is returned separately by
+      `optim_overrides`.
+    num_samples: K for the sampling methods (DAPS, PPO).
   """
   if name not in settings:
-    raise ConfigError(f'Unknown method {name!r}; valid: {", ".join(sorted(settings))}.')
-  ess_target, beta = settings[name]['ess_target'], settings[name]['beta']
+    raise ConfigError(f'Unknown method {name!r}; valid: {", ".join(settings)}. Select it '
+                      'with --config=configs/<dataset>.py:method=NAME.')
+  s = settings[name]
+  family = FAMILIES[name]
   m = ml_collections.ConfigDict()
-  m.name = name  # 'daps' (autoregressive encoder) or 'daps_na' (independent tokens).
-  m.num_samples = num_samples  # K latent samples per input.
-  m.ess_target = ess_target  # Target effective sample size as a fraction of K.
-  m.beta_init = beta[0]  # Entropy weight at step 0.
-  m.beta_final = beta[1]  # Entropy weight floor; also the beta of the reported beta-ELBO.
-  m.beta_decay_steps = 0  # Steps of the exponential beta decay (0: total_steps).
-  m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
-  m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
+  m.name = name  # The method; see config_lib.FAMILIES.
+  if family in ('daps', 'ppo'):
+    m.num_samples = num_samples  # K latent samples per input.
+  if family in ('daps', 'relaxed', 'ppo'):
+    m.beta_init = s['beta'][0]  # Entropy (KL) weight at step 0.
+    m.beta_final = s['beta'][1]  # Its final value; also the beta of the reported beta-ELBO.
+    m.beta_decay_steps = 0  # Steps of the exponential beta schedule (0: total_steps).
+  if family == 'daps':
+    m.ess_target = s['ess_target']  # Target effective sample size as a fraction of K.
+    m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
+    m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
+  if family == 'relaxed':
+    m.tau_init = s['tau'][0]  # Gumbel-softmax temperature at step 0.
+    m.tau_final = s['tau'][1]  # Final temperature (exponential schedule over beta's steps).
+    if name.startswith('grmck'):
+      m.num_gumbels = s['num_gumbels']  # k conditional Gumbels per token (Gumbel-Rao).
+  if family == 'vqvae':
+    m.commitment_cost = s['commitment_cost']  # Weight of |z - sg(e)|^2.
+    m.ema_decay = ml_collections.config_dict.placeholder(float)  # Set: EMA codebook (not in paper).
+    m.restart_threshold = 0.0  # With EMA: restart codes whose EMA count is below this.
+  if family == 'fsq':
+    m.levels = tuple(s['levels'])  # Quantisation levels per dimension.
+  if family == 'ppo':
+    m.clip_ratio = 0.2  # eps of the clipped surrogate.
+    m.kl_target = 0.01  # Target KL(behaviour || current) per sequence (nats).
+    m.kl_coef_init = 0.2  # Initial KL penalty coefficient (adapted x2 / /2).
+    m.value_learning_rate = 1e-3  # AdamW learning rate of the value network.
   return m
+
+
+def optim_overrides(name: str, settings: dict[str, dict]) -> dict:
+  """The method's optimiser settings that differ from the dataset's (e.g. AR Gumbel's
+  cosine learning rate on CIFAR-10)."""
+  return dict(settings[name].get('optim', {}))
+
+
+def bits_per_input(config: ml_collections.ConfigDict) -> float:
+  """Bits of the latent code: L * log2(number of codes)."""
+  return config.model.num_tokens * math.log2(num_codes(config))
+
+
+def num_codes(config: ml_collections.ConfigDict) -> int:
+  """Codes per token: V, or prod(levels) for FSQ."""
+  if config.method.name == 'fsq':
+    return math.prod(config.method.levels)
+  return config.model.vocab_size
 
 
 def _check(ok: bool, field: str, message: str):
@@ -120,22 +177,47 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check(lo is None or lo > 0, 'model.likelihood.variance_min', 'must be positive or None.')
     _check(lo is None or hi is None or lo < hi, 'model.likelihood.variance_max',
            'must exceed variance_min.')
+  _check(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be positive.')
+  _check(config.optim.schedule in ('constant', 'cosine'), 'optim.schedule',
+         f"{config.optim.schedule!r}: use 'constant' or 'cosine'.")
   me = config.method
   _check(me.name in METHODS, 'method.name',
          f'{me.name!r} is not one of {", ".join(METHODS)}; select it with '
          f'--config=configs/<dataset>.py:method=NAME.')
-  _check(me.num_samples >= 2, 'method.num_samples',
-         f'DAPS needs K >= 2 samples per input to form weights, got {me.num_samples}.')
-  _check(0 < me.ess_target <= 1, 'method.ess_target',
-         f'is a fraction of K in (0, 1], got {me.ess_target}.')
-  _check(me.ess_target * me.num_samples >= 1, 'method.ess_target',
-         f'ess_target * K = {me.ess_target * me.num_samples} < 1 can never be reached '
-         '(ESS >= 1); raise ess_target or num_samples.')
-  _check(me.beta_init > 0 and me.beta_final > 0, 'method.beta_init',
-         'beta_init and beta_final must be positive.')
-  _check(me.beta_decay_steps >= 0, 'method.beta_decay_steps', 'must be >= 0 (0: total_steps).')
-  _check(me.eta_init > 0, 'method.eta_init', 'must be positive.')
-  _check(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be positive.')
+  family = FAMILIES[me.name]
+  if family in ('daps', 'ppo'):
+    _check(me.num_samples >= 2, 'method.num_samples',
+           f'{me.name} needs K >= 2 samples per input, got {me.num_samples}.')
+  if family in ('daps', 'relaxed', 'ppo'):
+    _check(me.beta_init > 0 and me.beta_final > 0, 'method.beta_init',
+           'beta_init and beta_final must be positive.')
+    _check(me.beta_decay_steps >= 0, 'method.beta_decay_steps',
+           'must be >= 0 (0: total_steps).')
+  if family == 'daps':
+    _check(0 < me.ess_target <= 1, 'method.ess_target',
+           f'is a fraction of K in (0, 1], got {me.ess_target}.')
+    _check(me.ess_target * me.num_samples >= 1, 'method.ess_target',
+           f'ess_target * K = {me.ess_target * me.num_samples} < 1 can never be reached '
+           '(ESS >= 1); raise ess_target or num_samples.')
+    _check(me.eta_init > 0, 'method.eta_init', 'must be positive.')
+  if family == 'relaxed':
+    _check(me.tau_init > 0 and me.tau_final > 0, 'method.tau_init',
+           'tau_init and tau_final must be positive.')
+    if 'num_gumbels' in me:
+      _check(me.num_gumbels >= 1, 'method.num_gumbels', 'must be >= 1.')
+  if family == 'vqvae':
+    _check(me.commitment_cost >= 0, 'method.commitment_cost', 'must be >= 0.')
+    _check(me.ema_decay is None or 0 <= me.ema_decay < 1, 'method.ema_decay',
+           'must be in [0, 1) (or None for the paper\'s codebook loss).')
+    _check(me.restart_threshold == 0 or me.ema_decay is not None, 'method.restart_threshold',
+           'dead-code restarts need the EMA codebook; set method.ema_decay (e.g. 0.99).')
+  if family == 'fsq':
+    _check(len(me.levels) >= 1 and all(level >= 3 for level in me.levels), 'method.levels',
+           f'needs at least one dimension of >= 3 levels, got {me.levels}.')
+  if family == 'ppo':
+    _check(0 < me.clip_ratio < 1, 'method.clip_ratio', 'must be in (0, 1).')
+    _check(me.kl_target > 0 and me.kl_coef_init >= 0, 'method.kl_target',
+           'kl_target must be positive and kl_coef_init >= 0.')
 
 
 def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,

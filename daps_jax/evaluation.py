@@ -1,15 +1,18 @@
 """Evaluation on the full validation split.
 
-`eval_step` is pure (one stochastic latent sample per input, decoder in eval
-mode, reconstruction = decoder mean) and returns masked sums, summed over the
-device axis. `evaluate` runs it over every batch and turns the sums into
-metrics: ELBO, beta-ELBO, PSNR (per image on [0, 1], averaged) and codebook usage
+`eval_step` is pure and returns masked sums, summed over the device axis. A
+method's `encode` gives the codes and the eval-mode decoder output: one
+stochastic latent sample per input for the categorical encoders
+(`categorical_encode`: DAPS, Gumbel, GR-MCK, PPO), deterministic quantisation
+for VQ-VAE and FSQ; the reconstruction is the decoder mean. `evaluate` runs it
+over every batch and turns the sums into metrics: ELBO and beta-ELBO (only with
+an analytic q(z|x)), PSNR (per image on [0, 1], averaged) and codebook usage
 over the whole split.
 
 Shape legend: B batch per device, L latent tokens, V codebook size.
 """
 
-from typing import Iterable
+from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -22,39 +25,54 @@ from daps_jax import parallel
 from daps_jax import state as state_lib
 
 
-def eval_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, networks,
-              spec: data.DatasetSpec, axis_name: str | None = None
-              ) -> tuple[dict, jax.Array]:
+class Encoding(NamedTuple):
+  tokens: jax.Array  # [B, L] int32 code indices
+  out: jax.Array  # decoder output (likelihood parameters), eval mode
+  kl: jax.Array | None  # [B] KL(q || uniform) along the path; None without analytic q
+
+
+def categorical_encode(state: state_lib.State, images: jax.Array, rng: jax.Array, *, networks,
+                       axis_name: str | None = None) -> Encoding:
+  """One latent sample per input from q(z|x), its path KL and the decoder output."""
+  enc_vars = {'params': state.encoder.params}
+  rollout = latents.sample_latents(networks.encoder, enc_vars, images, rng, 1, axis_name)
+  kl = latents.score_latents(networks.encoder, enc_vars, images, rollout.tokens).kl[:, 0]
+  tokens = rollout.tokens[:, 0]
+  out = networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)
+  return Encoding(tokens, out, kl)
+
+
+def eval_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
+              encode: Callable[..., Encoding], spec: data.DatasetSpec,
+              axis_name: str | None = None) -> tuple[dict, jax.Array]:
   """Masked sums over a batch and the reconstructions in [0, 1].
 
   Args:
     state: the train state.
     batch: {'image': [B, H, W, C] model space, 'mask': [B] bool (False = padding)}.
     rng: PRNG key (each input's global index is folded in here).
-    networks: `build.Networks`; spec: the dataset's `DatasetSpec`.
+    networks: `build.Networks`; encode: the method's encoding (e.g.
+      `categorical_encode`); spec: the dataset's `DatasetSpec`.
   Returns:
-    ({'count', 'log_p', 'kl', 'psnr', 'code_counts' [L, V]} summed over the batch
-    and devices, reconstructions [B, H, W, C] in [0, 1]).
+    ({'count', 'log_p', 'kl' (analytic q only), 'psnr', 'code_counts' [L, V]}
+    summed over the batch and devices, reconstructions [B, H, W, C] in [0, 1]).
   """
   images, mask = batch['image'], batch['mask'].astype(jnp.float32)
-  enc_vars = {'params': state.encoder.params}
-  rollout = latents.sample_latents(networks.encoder, enc_vars, images, rng, 1, axis_name)
-  kl = latents.score_latents(networks.encoder, enc_vars, images, rollout.tokens).kl[:, 0]
-  tokens = rollout.tokens[:, 0]
-  out = networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)
+  tokens, out, kl = encode(state, images, rng, networks=networks, axis_name=axis_name)
   log_p = networks.likelihood.log_prob(out, images)
   recon = jnp.clip(data.to_unit(networks.likelihood.mean(out), spec), 0.0, 1.0)
   psnr = metrics_lib.psnr(recon, data.to_unit(images, spec))
-  sums = {'count': mask.sum(), 'log_p': (log_p * mask).sum(), 'kl': (kl * mask).sum(),
-          'psnr': (psnr * mask).sum(),
-          'code_counts': metrics_lib.code_counts(tokens, networks.encoder.vocab_size, mask)}
+  sums = {'count': mask.sum(), 'log_p': (log_p * mask).sum(), 'psnr': (psnr * mask).sum(),
+          'code_counts': metrics_lib.code_counts(tokens, networks.num_codes, mask)}
+  if kl is not None:
+    sums['kl'] = (kl * mask).sum()
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
   return sums, recon
 
 
 def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
-             beta_final: float, spec: data.DatasetSpec, num_grid_images: int = 0):
+             beta_final: float | None, spec: data.DatasetSpec, num_grid_images: int = 0):
   """Runs a pmapped `eval_step` over all batches.
 
   Args:
@@ -62,11 +80,13 @@ def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
     state: device-replicated state.
     batches: host batches from `data.eval_batches` (same count on every process).
     rng: PRNG key.
-    beta_final: the beta of the reported beta-ELBO.
+    beta_final: the beta of the reported beta-ELBO (None: the method has none).
     spec: the dataset spec (for the [0, 1] originals of the grid).
     num_grid_images: originals/reconstructions returned from the first batch.
   Returns:
-    (metrics dict, (originals, reconstructions) numpy in [0, 1] for the grid).
+    (metrics dict, (originals, reconstructions) numpy in [0, 1] for the grid,
+    code counts [L, V] numpy). ELBO and beta-ELBO are present only for methods
+    with an analytic q(z|x).
   """
   totals, grid = None, None
   for i, batch in enumerate(batches):
@@ -81,17 +101,17 @@ def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
   if totals is None or totals['count'] == 0:
     raise ValueError('The validation split is empty: nothing to evaluate.')
   n = totals['count']
-  result = {
-      'eval/log_p': totals['log_p'] / n,
-      'eval/kl': totals['kl'] / n,
-      'eval/elbo': (totals['log_p'] - totals['kl']) / n,
-      'eval/beta_elbo': (totals['log_p'] - beta_final * totals['kl']) / n,
-      'eval/psnr': totals['psnr'] / n,
-      'eval/num_examples': n,
-  }
+  result = {'eval/log_p': totals['log_p'] / n, 'eval/psnr': totals['psnr'] / n,
+            'eval/num_examples': n}
+  if 'kl' in totals:
+    result['eval/kl'] = totals['kl'] / n
+    result['eval/elbo'] = (totals['log_p'] - totals['kl']) / n
+    if beta_final is not None:
+      result['eval/beta_elbo'] = (totals['log_p'] - beta_final * totals['kl']) / n
   usage = metrics_lib.codebook_usage(jnp.asarray(totals['code_counts']))
   result.update({k: float(v) for k, v in usage.items()})
-  return {k: float(v) for k, v in result.items()}, grid
+  counts = totals['code_counts'].astype(np.int64)
+  return {k: float(v) for k, v in result.items()}, grid, counts
 
 
 def mean_image_psnr(name: str, data_dir: str | None, *, seed: int, eval_batch_size: int,

@@ -7,9 +7,14 @@ autoregressive rollout as one `lax.scan` over L with a fixed-length KV cache, an
 returns tokens [B, K, L] with their log q [B, K]. Sampling is never
 differentiated: gradients reach the encoder only through `score_latents`
 (teacher forcing), which gives the same log q to float tolerance.
+
+`relaxed_latents` is the differentiable counterpart for the Gumbel-softmax and
+Gumbel-Rao baselines: one straight-through sample per input, and in the AR case
+the relaxed one-hot of each step is the next step's input, so gradients flow
+through the whole `lax.scan` rollout.
 """
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -26,6 +31,13 @@ class Rollout(NamedTuple):
 class Scores(NamedTuple):
   log_q: jax.Array  # [B, K] summed over L
   kl: jax.Array  # [B, K] KL(q || uniform) along the sampled path
+
+
+class Relaxation(NamedTuple):
+  codes: jax.Array  # [B, L, V] straight-through one-hot: one-hot values, relaxed gradients
+  tokens: jax.Array  # [B, L] int32, the hard sample
+  log_q: jax.Array  # [B] log q of the hard sample
+  kl: jax.Array  # [B] KL(q || uniform) along the sampled path
 
 
 def fold_samples(x: jax.Array, num_samples: int) -> jax.Array:
@@ -46,6 +58,21 @@ def clamped_log_probs(logits: jax.Array) -> jax.Array:
 def _token_log_prob(logits: jax.Array, tokens: jax.Array) -> jax.Array:
   log_probs = clamped_log_probs(logits)
   return jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0]
+
+
+def _path_scores(logits: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """logits [..., L, V], tokens [..., L] -> (log q, KL(q || uniform)), each [...]."""
+  log_probs = clamped_log_probs(logits)
+  log_q = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0].sum(-1)
+  kl = (jnp.exp(log_probs) * (log_probs + jnp.log(logits.shape[-1]))).sum((-1, -2))
+  return log_q, kl
+
+
+def _input_keys(rng: jax.Array, batch_size: int, axis_name: str | None) -> jax.Array:
+  """One key per input [B] from one key (typed or raw) or per-input keys."""
+  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # Raw uint32 keys (PRNGKey).
+    rng = jax.random.wrap_key_data(rng)
+  return example_keys(rng, batch_size, axis_name) if rng.ndim == 0 else rng
 
 
 def example_keys(rng: jax.Array, batch_size: int, axis_name: str | None = None) -> jax.Array:
@@ -75,9 +102,7 @@ def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array
   """
   params = jax.lax.stop_gradient(params)
   b = images.shape[0]
-  if not jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):  # Raw uint32 keys (PRNGKey).
-    rng = jax.random.wrap_key_data(rng)
-  keys = example_keys(rng, b, axis_name) if rng.ndim == 0 else rng
+  keys = _input_keys(rng, b, axis_name)
   if not encoder.autoregressive:
     logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]
     draw = lambda key, lg: jax.random.categorical(key, lg, axis=-1,
@@ -114,9 +139,48 @@ def score_latents(encoder: nn.Module, params, images: jax.Array, tokens: jax.Arr
     logits = unfold_samples(logits, k)  # [B, K, L, V]
   else:
     logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]
-  log_probs = clamped_log_probs(logits)
-  log_q = jnp.take_along_axis(log_probs, tokens[..., None], axis=-1)[..., 0].sum(-1)
-  vocab = logits.shape[-1]
-  kl = (jnp.exp(log_probs) * (log_probs + jnp.log(vocab))).sum(-1)  # [B, K or 1, L]
-  kl = jnp.broadcast_to(kl.sum(-1), log_q.shape)
-  return Scores(log_q, kl)
+  log_q, kl = _path_scores(logits, tokens)
+  return Scores(log_q, jnp.broadcast_to(kl, log_q.shape))
+
+
+Relax = Callable  # (key, logits [..., V]) -> estimators.Relaxed(sample [..., V], index [...])
+
+
+def relaxed_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array, relax: Relax,
+                    axis_name: str | None = None) -> Relaxation:
+  """One straight-through relaxed sample per input, differentiable in `params`.
+
+  Args:
+    encoder: an `AREncoder` or `NAEncoder` module (unbound).
+    params: its variables (`{'params': ...}`).
+    images: [B, H, W, C].
+    rng: one PRNG key (per-input keys as in `sample_latents`) or keys [B].
+    relax: the estimator, e.g. `functools.partial(estimators.gumbel_softmax, tau=tau)`;
+      called per input with that input's key (folded with the position in the AR case).
+    axis_name: optional device axis the batch is sharded over.
+  Returns:
+    `Relaxation`: codes [B, L, V], tokens [B, L], log q [B], KL [B].
+  """
+  b = images.shape[0]
+  keys = _input_keys(rng, b, axis_name)
+  if not encoder.autoregressive:
+    logits = encoder.apply(params, images)  # [B, L, V]
+    codes, tokens = jax.vmap(relax)(keys, logits)
+  else:
+    cross = encoder.apply(params, images, method='encode')
+    vocab = encoder.vocab_size
+    start = jax.nn.one_hot(jnp.full((b,), encoder.start_token), vocab + 1)
+
+    def step(carry, position):
+      inputs, cache = carry
+      logits, cache = encoder.apply(params, inputs, position, cache, cross, method='decode_step')
+      step_keys = jax.vmap(lambda key: jax.random.fold_in(key, position))(keys)
+      sample, token = jax.vmap(relax)(step_keys, logits)
+      # The start-token column stays 0: a code never feeds the start embedding.
+      return (jnp.pad(sample, ((0, 0), (0, 1))), cache), (sample, token, logits)
+
+    _, outputs = jax.lax.scan(step, (start, encoder.init_cache(b)),
+                              jnp.arange(encoder.num_tokens))
+    codes, tokens, logits = (jnp.swapaxes(x, 0, 1) for x in outputs)
+  log_q, kl = _path_scores(logits, tokens)
+  return Relaxation(codes, tokens.astype(jnp.int32), log_q, kl)

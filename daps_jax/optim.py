@@ -35,6 +35,13 @@ def exp_decay(init: float, final: float, steps: int):
   return schedule
 
 
+def cosine(init: float, final: float, steps: int) -> optax.Schedule:
+  """Cosine decay from `init` to `final` over `steps`, then constant."""
+  if init <= 0 or final < 0 or steps <= 0:
+    raise ValueError(f'cosine needs init > 0, final >= 0, steps > 0; got {init}, {final}, {steps}.')
+  return optax.cosine_decay_schedule(init, steps, alpha=final / init)
+
+
 def skipped_updates(opt_state) -> jax.Array:
   """Total non-finite updates skipped so far (0 for optimisers that never skip)."""
   return jnp.asarray(getattr(opt_state, 'total_notfinite', 0), jnp.int32)

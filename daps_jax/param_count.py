@@ -1,6 +1,6 @@
 """Prints trainable parameter counts per config and method.
 
-  python -m daps_jax.param_count                      # every dataset config, both methods
+  python -m daps_jax.param_count                      # every dataset config and method
   python -m daps_jax.param_count --config=configs/cifar10.py:method=daps_na
 
 Counts come from shapes only (`jax.eval_shape`): nothing is allocated. The AR
@@ -8,18 +8,14 @@ encoder has one token-embedding row more than the paper's (the start token).
 """
 
 import glob
-import math
 import os
 
 from absl import app
 from absl import flags
-import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 
 from daps_jax import build
 from daps_jax import config_lib
-from daps_jax import data
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'One config; default: all in configs/.')
 _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Where the dataset configs live.')
@@ -28,24 +24,12 @@ _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Where the dataset co
 PAPER_AR_COUNTS = {'mnist': 423_824, 'cifar10': 1_318_950, 'imagenet2012': 1_541_206}
 
 
-def count(config) -> dict[str, int]:
-  """{'encoder', 'decoder', 'total'} trainable parameter counts of a config."""
-  spec = data.get_spec(config.data.name)
-  networks = build.networks(config, spec.image_shape)
-  images = jnp.zeros((1, *spec.image_shape), jnp.float32)
-  tokens = jnp.zeros((1, config.model.num_tokens), jnp.int32)
-  size = lambda tree: sum(x.size for x in jax.tree.leaves(tree['params']))
-  key = jax.random.key(0)
-  encoder = size(jax.eval_shape(networks.encoder.init, key, images, tokens))
-  decoder = size(jax.eval_shape(lambda k: networks.decoder.init(k, tokens), key))
-  return {'encoder': encoder, 'decoder': decoder, 'total': encoder + decoder}
-
-
 def _row(name: str, config) -> str:
-  c = count(config)
-  bits = config.model.num_tokens * math.log2(config.model.vocab_size)
+  c = build.param_counts(config)
   line = (f'{name:<34} encoder {c["encoder"]:>10,}  decoder {c["decoder"]:>9,}  '
-          f'total {c["total"]:>10,}  bits {bits:>6g}')
+          f'total {c["total"]:>10,}  bits {config_lib.bits_per_input(config):>7.1f}')
+  if 'value' in c:
+    line += f'  (value network {c["value"]:,})'
   paper = PAPER_AR_COUNTS.get(config.data.name)
   if paper and config.method.name == 'daps':
     line += f'  paper {paper:,} (+{c["total"] - paper} = start-token row of D)'

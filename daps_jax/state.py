@@ -1,6 +1,8 @@
-"""Training state: one Flax `TrainState` per optimised part plus the step."""
+"""Training state: one Flax `TrainState` per optimised network, the step, and
+whatever else a method carries (`aux`: DAPS's trust-region dual, PPO's value
+network and behaviour policy, VQ-VAE's EMA codebook statistics)."""
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -14,11 +16,11 @@ class ModelState(train_state.TrainState):
 
 
 @flax.struct.dataclass
-class DapsState:
+class State:
   step: jax.Array  # int32 scalar: updates applied so far
   encoder: ModelState
   decoder: ModelState
-  dual: train_state.TrainState  # params {'log_eta': scalar}
+  aux: dict  # method-specific pytree, e.g. {'dual': TrainState of {'log_eta'}} for DAPS
 
 
 def variables(state: ModelState) -> dict:
@@ -28,31 +30,31 @@ def variables(state: ModelState) -> dict:
   return {'params': state.params}
 
 
+def model_state(model_vars: dict, tx, apply_fn=None) -> ModelState:
+  """A `ModelState` of freshly initialised Flax variables."""
+  return ModelState.create(apply_fn=apply_fn, params=model_vars['params'], tx=tx,
+                           batch_stats=model_vars.get('batch_stats', {}))
+
+
 def create_state(rng: jax.Array, networks, txs, *, image_shape: tuple[int, int, int],
-                 eta_init: float) -> DapsState:
+                 init_aux: Callable[[jax.Array, dict, dict], dict] | None = None) -> State:
   """Initialises all parameters (call under `jax.jit`: eager init is slow).
 
   Args:
     rng: PRNG key.
     networks: `build.Networks`.
-    txs: (encoder, decoder, dual) optax transformations.
+    txs: (encoder, decoder) optax transformations.
     image_shape: (H, W, C).
-    eta_init: initial trust-region temperature eta (> 0).
+    init_aux: (rng, encoder variables, decoder variables) -> the method's `aux`.
   """
-  rng_enc, rng_dec = jax.random.split(rng)
+  rng_enc, rng_dec, rng_aux = jax.random.split(rng, 3)
   images = jnp.zeros((1, *image_shape), jnp.float32)
   tokens = jnp.zeros((1, networks.encoder.num_tokens), jnp.int32)
   enc_vars = networks.encoder.init(rng_enc, images, tokens)
-  dec_vars = networks.decoder.init(rng_dec, tokens, train=False)
-  tx_enc, tx_dec, tx_dual = txs
-
-  def model_state(module, model_vars, tx):
-    return ModelState.create(apply_fn=module.apply, params=model_vars['params'], tx=tx,
-                             batch_stats=model_vars.get('batch_stats', {}))
-
-  dual = train_state.TrainState.create(
-      apply_fn=None, params={'log_eta': jnp.log(jnp.asarray(eta_init, jnp.float32))}, tx=tx_dual)
-  return DapsState(step=jnp.zeros((), jnp.int32),
-                   encoder=model_state(networks.encoder, enc_vars, tx_enc),
-                   decoder=model_state(networks.decoder, dec_vars, tx_dec),
-                   dual=dual)
+  dec_vars = networks.decoder.init(rng_dec, networks.example_codes(1), train=False)
+  tx_enc, tx_dec = txs
+  aux = init_aux(rng_aux, enc_vars, dec_vars) if init_aux is not None else {}
+  return State(step=jnp.zeros((), jnp.int32),
+               encoder=model_state(enc_vars, tx_enc, networks.encoder.apply),
+               decoder=model_state(dec_vars, tx_dec, networks.decoder.apply),
+               aux=aux)

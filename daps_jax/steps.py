@@ -7,6 +7,7 @@ H, W, C image dims.
 `policy_search_step` advantages, closed-form importance weights, ESS, eta update,
                     weighted maximum-likelihood update of q_theta(z|x).
 `train_step`        sample -> decoder_step -> policy_search_step, one dispatch.
+`init_aux`          the trust-region dual state (`state.aux['dual']`).
 
 Each takes an optional `axis_name`: gradients and statistics are averaged over it,
 so the same code runs on one device or under `pmap`. Returns are a new state and
@@ -125,9 +126,16 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
   return new_encoder, new_dual, metrics
 
 
-def train_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, networks,
+def init_aux(eta_init: float, tx) -> dict:
+  """{'dual': TrainState of {'log_eta'}} with eta = eta_init and optimiser `tx`."""
+  log_eta = jnp.log(jnp.asarray(eta_init, jnp.float32))
+  return {'dual': train_state.TrainState.create(apply_fn=None, params={'log_eta': log_eta},
+                                                tx=tx)}
+
+
+def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
                hparams: DapsHparams, axis_name: str | None = None
-               ) -> tuple[state_lib.DapsState, dict]:
+               ) -> tuple[state_lib.State, dict]:
   """Sample K latents, update the decoder, then the encoder and eta.
 
   `rng` is the run's loop key: the step and each input's global index in the
@@ -143,12 +151,13 @@ def train_step(state: state_lib.DapsState, batch: dict, rng: jax.Array, *, netwo
   decoder, log_p, dec_metrics = decoder_step(state.decoder, images, rollout.tokens,
                                              decoder=networks.decoder,
                                              likelihood=networks.likelihood, axis_name=axis_name)
-  encoder, dual, pol_metrics = policy_search_step(state.encoder, state.dual, images, rollout,
+  encoder, dual, pol_metrics = policy_search_step(state.encoder, state.aux['dual'], images,
+                                                  rollout,
                                                   log_p, beta, encoder=networks.encoder,
                                                   ess_target=hparams.ess_target,
                                                   axis_name=axis_name)
   metrics = {**dec_metrics, **pol_metrics, 'decoder/log_p': log_p.mean(),
              'elbo/train': log_p.mean() - pol_metrics['policy/kl']}
-  new_state = state_lib.DapsState(step=state.step + 1, encoder=encoder, decoder=decoder,
-                                  dual=dual)
+  new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,
+                              aux={'dual': dual})
   return new_state, _pmean(metrics, axis_name)

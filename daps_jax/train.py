@@ -2,7 +2,8 @@
 
 Resumes from the newest checkpoint in `workdir` if there is one. Writes
 `config.json`, `metrics.jsonl`, TensorBoard events (`tb/`), reconstruction grids
-(`images/`) and orbax checkpoints (`checkpoints/`) there.
+(`images/`), the code histogram [L, V] of every evaluation
+(`codes/counts_<step>.npy`) and orbax checkpoints (`checkpoints/`) there.
 """
 
 import json
@@ -21,11 +22,12 @@ from daps_jax import evaluation
 from daps_jax import images as images_lib
 from daps_jax import parallel
 from daps_jax import state as state_lib
-from daps_jax import steps
 from daps_jax import writers
 
 # Fields that must not change when a run resumes: they change what is trained.
-_FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'method.num_samples', 'seed')
+_FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'seed')
+# Train metrics repeated in each eval record (the state of the schedules and duals).
+_EVAL_CONTEXT = ('dual/eta', 'dual/ess_fraction', 'ppo/kl_coef')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
@@ -58,13 +60,20 @@ def _run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
 
 
 def initial_state(config: ml_collections.ConfigDict, networks: build.Networks,
-                  spec: data.DatasetSpec) -> state_lib.DapsState:
+                  method: build.Method, spec: data.DatasetSpec) -> state_lib.State:
   """Freshly initialised host state of a config (also the target of a restore)."""
   rng_init, _, _ = _run_keys(config.seed)
   txs = build.optimizers(config)
   create = lambda r: state_lib.create_state(r, networks, txs, image_shape=spec.image_shape,
-                                            eta_init=config.method.eta_init)
+                                            init_aux=method.init_aux)
   return jax.device_get(jax.jit(create)(rng_init))
+
+
+def save_code_counts(workdir: str, step: int, counts: np.ndarray) -> None:
+  """codes/counts_<step>.npy: the [L, V] code histogram of an evaluation."""
+  path = os.path.join(workdir, 'codes', f'counts_{step:08d}.npy')
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  np.save(path, counts)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -80,9 +89,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                jax.device_count(), jax.process_count())
 
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  hparams = build.hparams(config)
+  method = build.method(config, networks, spec.image_shape)
+  logging.info('Method %s', build.describe(config, build.param_counts(config)))
   _, rng_loop, rng_eval = _run_keys(config.seed)
-  state = initial_state(config, networks, spec)
+  state = initial_state(config, networks, method, spec)
 
   loader = data.train_loader(config.data.name, data_dir=config.data.dir,
                              batch_size=parallel.process_batch_size(config.batch_size),
@@ -97,9 +107,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
   state = parallel.replicate(state)
 
-  p_train_step = parallel.pmap_step(steps.train_step, donate_state=True, networks=networks,
-                                    hparams=hparams)
-  p_eval_step = parallel.pmap_step(evaluation.eval_step, networks=networks, spec=spec)
+  p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
+  p_eval_step = parallel.pmap_step(evaluation.eval_step, networks=networks,
+                                   encode=method.encode, spec=spec)
   writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
   progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
   baseline_psnr = None
@@ -111,28 +121,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                                 batch_size=parallel.process_batch_size(config.eval_batch_size),
                                 process_index=jax.process_index(),
                                 process_count=jax.process_count())
-    result, grid = evaluation.evaluate(p_eval_step, state, batches,
-                                       jax.random.fold_in(rng_eval, step),
-                                       beta_final=config.method.beta_final, spec=spec,
-                                       num_grid_images=config.num_grid_images)
+    result, grid, counts = evaluation.evaluate(p_eval_step, state, batches,
+                                               jax.random.fold_in(rng_eval, step),
+                                               beta_final=method.beta_final, spec=spec,
+                                               num_grid_images=config.num_grid_images)
     if baseline_psnr is None:
       baseline_psnr = evaluation.mean_image_psnr(
           config.data.name, config.data.dir, seed=config.seed,
           eval_batch_size=parallel.process_batch_size(config.eval_batch_size))
-    host_state = parallel.unreplicate(state.dual.params)
     result['eval/psnr_mean_image'] = baseline_psnr
-    result['dual/eta'] = float(np.exp(host_state['log_eta']))
-    result['dual/ess_fraction'] = float(train_metrics['dual/ess_fraction'][0])
-    result['policy/beta'] = float(hparams.beta(step))
+    result.update({k: float(train_metrics[k][0]) for k in _EVAL_CONTEXT if k in train_metrics})
+    result.update({k: float(schedule(step)) for k, schedule in method.schedules.items()})
     writer.write_scalars(step, result)
+    if parallel.is_writer():
+      save_code_counts(workdir, step, counts)
     if grid is not None:
       picture = images_lib.reconstruction_grid(*grid)
       writer.write_images(step, {'reconstructions': picture})
       if parallel.is_writer():
         images_lib.save_png(os.path.join(workdir, 'images', f'recon_{step:08d}.png'), picture)
-    logging.info('eval step %d: ELBO %.2f, beta-ELBO %.2f, PSNR %.2f dB (mean image %.2f dB), '
-                 'codebook used %.3f, perplexity %.1f', step, result['eval/elbo'],
-                 result['eval/beta_elbo'], result['eval/psnr'], baseline_psnr,
+    elbo = (f'ELBO {result["eval/elbo"]:.2f}, beta-ELBO {result.get("eval/beta_elbo", 0):.2f}'
+            if 'eval/elbo' in result else 'no ELBO (no analytic q(z|x))')
+    logging.info('eval step %d: %s, PSNR %.2f dB (mean image %.2f dB), codebook used %.3f, '
+                 'perplexity %.1f', step, elbo, result['eval/psnr'], baseline_psnr,
                  result['codebook/used_fraction'], result['codebook/perplexity'])
     return result
 
@@ -144,8 +155,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       steps_per_sec = progress(step)
       if step % config.log_every_steps == 0 or final:
         scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
-        scalars['optim/learning_rate'] = config.optim.learning_rate  # Constant (spec §4).
-        scalars['optim/eta_learning_rate'] = config.method.eta_learning_rate
+        scalars.update({k: float(schedule(step - 1)) for k, schedule in method.schedules.items()
+                        if k not in scalars})
         if steps_per_sec is not None:
           scalars['perf/steps_per_sec'] = steps_per_sec
         writer.write_scalars(step, scalars)

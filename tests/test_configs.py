@@ -6,9 +6,9 @@ import sys
 
 import pytest
 
+from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
-from daps_jax import param_count
 from tests import helpers
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet')
@@ -19,7 +19,9 @@ DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet')
 def test_configs_load_and_validate(dataset, method):
   config = helpers.load_config(dataset, f'method={method}')
   config_lib.validate(config)
-  assert config.method.name == method and config.method.num_samples == 8
+  assert config.method.name == method
+  if config_lib.FAMILIES[method] in ('daps', 'ppo'):
+    assert config.method.num_samples == 8
   for field in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps',
                 'seed'):
     assert field in config
@@ -38,13 +40,25 @@ def test_spec_settings():
   assert (imagenet.model.likelihood.variance_min, imagenet.model.likelihood.variance_max) == (
       0.01, 1.0)
   assert helpers.load_config('cifar10').model.likelihood.variance_min is None
+  # Baselines (spec section 5).
+  assert helpers.load_config('mnist', 'method=fsq').method.levels == (8, 6, 5)
+  assert helpers.load_config('imagenet', 'method=fsq').method.levels == (8, 5, 5, 5)
+  grmck = helpers.load_config('cifar10', 'method=grmck_na').method
+  assert (grmck.num_gumbels, grmck.tau_final, grmck.beta_init) == (100, 0.1, 3.0)
+  assert helpers.load_config('imagenet', 'method=grmck').method.num_gumbels == 10
+  gumbel = helpers.load_config('cifar10', 'method=gumbel')
+  assert (gumbel.optim.schedule, gumbel.optim.learning_rate,
+          gumbel.optim.final_learning_rate) == ('cosine', 1e-4, 1e-5)
+  assert helpers.load_config('mnist', 'method=gumbel_na').method.beta_init == 1.0
+  assert helpers.load_config('mnist', 'method=vqvae').method.commitment_cost == 0.25
+  assert helpers.load_config('mnist', 'method=vqvae').method.ema_decay is None  # Paper's VQ.
 
 
 @pytest.mark.parametrize('dataset,paper', [('mnist', 423_824), ('cifar10', 1_318_950),
                                            ('imagenet', 1_541_206)])
 def test_parameter_counts_match_paper_up_to_start_token(dataset, paper):
   config = helpers.load_config(dataset, 'method=daps')
-  assert param_count.count(config)['total'] == paper + config.model.width
+  assert build.param_counts(config)['total'] == paper + config.model.width
 
 
 @pytest.mark.parametrize('mutate,field', [
@@ -54,6 +68,7 @@ def test_parameter_counts_match_paper_up_to_start_token(dataset, paper):
     (lambda c: setattr(c.data, 'name', 'svhn'), 'config.data.name'),
     (lambda c: setattr(c.model, 'width', 62), 'config.model.width'),
     (lambda c: setattr(c.model.likelihood, 'kind', 'gaussian'), 'config.model.likelihood.kind'),
+    (lambda c: setattr(c.optim, 'schedule', 'linear'), 'config.optim.schedule'),
 ])
 def test_validate_names_the_field(mutate, field):
   config = helpers.load_config('mnist')
@@ -90,3 +105,18 @@ def test_dotted_overrides_and_bad_config_from_the_command_line(tmp_path):
   assert result.returncode != 0
   assert 'config.method.ess_target' in result.stderr
   assert not os.path.exists(tmp_path / 'checkpoints')
+
+
+@pytest.mark.parametrize('method,mutate,field', [
+    ('vqvae', lambda m: setattr(m, 'restart_threshold', 1.0), 'config.method.restart_threshold'),
+    ('vqvae', lambda m: setattr(m, 'ema_decay', 1.0), 'config.method.ema_decay'),
+    ('fsq', lambda m: setattr(m, 'levels', (8, 2)), 'config.method.levels'),
+    ('gumbel', lambda m: setattr(m, 'tau_final', 0.0), 'config.method.tau_init'),
+    ('grmck_na', lambda m: setattr(m, 'num_gumbels', 0), 'config.method.num_gumbels'),
+    ('ppo', lambda m: setattr(m, 'clip_ratio', 1.5), 'config.method.clip_ratio'),
+])
+def test_baseline_fields_are_validated(method, mutate, field):
+  config = helpers.load_config('mnist', f'method={method}')
+  mutate(config.method)
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    config_lib.validate(config)

@@ -27,11 +27,15 @@ def test_evaluate_counts_every_example_once_despite_padding():
   config = helpers.tiny_config()
   spec = data.get_spec(config.data.name)
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  state = parallel.replicate(train.initial_state(config, networks, spec))
-  p_eval = parallel.pmap_step(evaluation.eval_step, networks=networks, spec=spec)
+  method = build.method(config, networks, spec.image_shape)
+  state = parallel.replicate(train.initial_state(config, networks, method, spec))
+  p_eval = parallel.pmap_step(evaluation.eval_step, networks=networks, encode=method.encode,
+                              spec=spec)
   batches = data.eval_batches(config.data.name, data_dir=None, batch_size=300)
-  result, grid = evaluation.evaluate(p_eval, state, batches, jax.random.key(0),
-                                     beta_final=0.01, spec=spec, num_grid_images=5)
+  result, grid, counts = evaluation.evaluate(p_eval, state, batches, jax.random.key(0),
+                                             beta_final=0.01, spec=spec, num_grid_images=5)
+  assert counts.shape == (config.model.num_tokens, config.model.vocab_size)
+  assert (counts.sum(1) == 1000).all()
   assert result['eval/num_examples'] == 1000
   assert grid[0].shape == grid[1].shape == (5, 28, 28, 1)
   assert 0 < result['codebook/used_fraction'] <= 1

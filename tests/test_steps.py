@@ -28,15 +28,16 @@ def toy_data(rng: np.random.Generator, n: int, prototypes: np.ndarray, flip: flo
 def toy_setup(encoder, total_steps: int):
   networks = build.Networks(
       encoder=encoder,
-      decoder=models.MLPDecoder(vocab_size=encoder.vocab_size, image_shape=(8, 8, 1),
-                                embed_dim=8, hidden_dims=(32,)),
-      likelihood=models.Bernoulli())
+      decoder=models.mlp_decoder(vocab_size=encoder.vocab_size, image_shape=(8, 8, 1),
+                                 embed_dim=8, hidden_dims=(32,)),
+      likelihood=models.Bernoulli(), num_codes=encoder.vocab_size)
   tx = lambda: optim.adamw(3e-3, weight_decay=1e-4)
-  txs = (tx(), tx(), optim.adamw(1e-2, weight_decay=0.0, clip=None))
   hparams = steps.DapsHparams(num_samples=8, ess_target=0.33,
                               beta=optim.exp_decay(0.5, 0.01, total_steps))
-  state = jax.jit(lambda r: state_lib.create_state(r, networks, txs, image_shape=(8, 8, 1),
-                                                   eta_init=10.0))(jax.random.key(0))
+  dual = functools.partial(steps.init_aux, 10.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
+  state = jax.jit(lambda r: state_lib.create_state(
+      r, networks, (tx(), tx()), image_shape=(8, 8, 1),
+      init_aux=lambda *_: dual()))(jax.random.key(0))
   return networks, hparams, state
 
 
@@ -89,17 +90,18 @@ def networks(bn_axis_name=parallel.AXIS):
   encoder = helpers.tiny_ar_encoder(vocab_size=4, num_tokens=4, width=16)
   return build.Networks(
       encoder=encoder,
-      decoder=models.ResNetDecoder(vocab_size=4, num_tokens=4, image_shape=(8, 8, 1), embed_dim=8,
-                                   channels=8, num_res_blocks=1, bn_axis_name=bn_axis_name),
-      likelihood=models.Gaussian(0.01, 1.0))
+      decoder=models.resnet_decoder(vocab_size=4, num_tokens=4, image_shape=(8, 8, 1),
+                                    embed_dim=8, channels=8, num_res_blocks=1,
+                                    bn_axis_name=bn_axis_name),
+      likelihood=models.Gaussian(0.01, 1.0), num_codes=4)
 
 def run(devices):
   nets = networks()
-  txs = (optim.adamw(1e-3, weight_decay=1e-4), optim.adamw(1e-3, weight_decay=1e-4),
-         optim.adamw(1e-2, weight_decay=0.0, clip=None))
+  txs = (optim.adamw(1e-3, weight_decay=1e-4), optim.adamw(1e-3, weight_decay=1e-4))
+  dual = lambda *_: steps.init_aux(3.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
   hparams = steps.DapsHparams(num_samples=4, ess_target=0.33, beta=optim.exp_decay(1.0, 0.1, 10))
   state = jax.jit(lambda r: state_lib.create_state(r, nets, txs, image_shape=(8, 8, 1),
-                                                   eta_init=3.0))(jax.random.key(0))
+                                                   init_aux=dual))(jax.random.key(0))
   state = parallel.replicate(state, devices)
   step = parallel.pmap_step(steps.train_step, devices=devices, networks=nets, hparams=hparams)
   rng = np.random.default_rng(0)

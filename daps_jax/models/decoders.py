@@ -1,31 +1,65 @@
-"""Decoders p_phi(x|z): tokens [B, L] -> likelihood parameters.
+"""Decoders p_phi(x|z): codes [B, L, ...] -> likelihood parameters.
 
-`MLPDecoder` (MNIST-size, Bernoulli): embed each token, flatten, MLP -> logits
-[B, H, W, C]. `ResNetDecoder` (CIFAR, ImageNet; Gaussian): tokens on their (m, n)
-patch grid -> Conv3x3 -> residual blocks -> log2(H/m) stride-2 transposed
-convolutions -> [B, H, W, 2C] (mean and log-variance channels).
+A `Decoder` is a `CodeEmbedding` (codes -> vectors [B, L, E]) followed by a
+body. Codes are integer tokens [B, L], (relaxed or straight-through) one-hot
+vectors [B, L, V] that multiply the embedding table, or, for FSQ, code vectors
+[B, L, d] that a dense layer projects. VQ-VAE quantises against the embedding
+table and enters at `trunk` with vectors [B, L, E].
+
+Bodies: `MLPBody` (MNIST-size, Bernoulli): flatten, MLP -> logits [B, H, W, C].
+`ResNetBody` (CIFAR, ImageNet; Gaussian): vectors on their (m, n) patch grid ->
+Conv3x3 -> residual blocks -> log2(H/m) stride-2 transposed convolutions ->
+[B, H, W, 2C] (mean and log-variance channels).
 """
 
 from typing import Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from daps_jax.models import layers
 from daps_jax.models import patching
 
+EMBED_INIT = nn.initializers.variance_scaling(1.0, 'fan_in', 'normal', out_axis=0)
 
-class MLPDecoder(nn.Module):
-  """Embed(V, E) -> flatten -> [Dense, ReLU]* -> Dense(H*W*C) Bernoulli logits."""
+
+class CodeEmbedding(nn.Module):
+  """Codes -> [B, L, E]: a [V, E] table, or Dense(E) of d-dim code vectors."""
   vocab_size: int
+  features: int
+  code_dim: int | None = None  # None: table lookup / one-hot product; d: FSQ projection.
+
+  @nn.compact
+  def __call__(self, codes: jax.Array) -> jax.Array:
+    if self.code_dim is not None:
+      return layers.dense(self.features)(codes)
+    table = self.param('embedding', EMBED_INIT, (self.vocab_size, self.features))
+    if jnp.issubdtype(codes.dtype, jnp.integer):
+      return jnp.take(table, codes, axis=0)
+    return codes @ table
+
+
+class Decoder(nn.Module):
+  """embed -> body; `trunk` skips the embedding (VQ-VAE feeds quantised vectors)."""
+  embed: CodeEmbedding
+  body: nn.Module
+
+  def __call__(self, codes: jax.Array, train: bool = False) -> jax.Array:
+    return self.body(self.embed(codes), train)
+
+  def trunk(self, vectors: jax.Array, train: bool = False) -> jax.Array:
+    return self.body(vectors, train)
+
+
+class MLPBody(nn.Module):
+  """[B, L, E] -> flatten -> [Dense, ReLU]* -> Dense(H*W*C) Bernoulli logits."""
   image_shape: tuple[int, int, int]
-  embed_dim: int = 64
   hidden_dims: Sequence[int] = (64, 256)
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
-    del train  # No train-time behaviour; kept for a common decoder interface.
-    x = nn.Embed(self.vocab_size, self.embed_dim)(tokens)
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No train-time behaviour; kept for a common body interface.
     x = x.reshape(x.shape[0], -1)
     for hidden in self.hidden_dims:
       x = nn.relu(layers.dense(hidden)(x))
@@ -45,18 +79,16 @@ class ResidualBlock(nn.Module):
     return x + self.norm()(h)
 
 
-class ResNetDecoder(nn.Module):
-  """Convolutional decoder; output [B, H, W, 2C] = mean and log-variance."""
-  vocab_size: int
+class ResNetBody(nn.Module):
+  """[B, L, E] on the token grid -> [B, H, W, 2C] mean and log-variance."""
   num_tokens: int
   image_shape: tuple[int, int, int]
-  embed_dim: int = 128
   channels: int = 64
   num_res_blocks: int = 2
   bn_axis_name: str | None = None
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     m, n = patching.grid_shape(self.num_tokens)
     height, width, out_channels = self.image_shape
     upsamples = (height // m).bit_length() - 1
@@ -64,8 +96,7 @@ class ResNetDecoder(nn.Module):
       raise ValueError(f'image {height}x{width} is not the {m}x{n} token grid times a power of 2.')
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-5,
                                 axis_name=self.bn_axis_name)
-    x = nn.Embed(self.vocab_size, self.embed_dim)(tokens).reshape(-1, m, n, self.embed_dim)
-    x = nn.Conv(self.channels, (3, 3))(x)
+    x = nn.Conv(self.channels, (3, 3))(x.reshape(-1, m, n, x.shape[-1]))
     for _ in range(self.num_res_blocks):
       x = ResidualBlock(self.channels, norm)(x)
     x = nn.relu(x)
@@ -77,3 +108,19 @@ class ResNetDecoder(nn.Module):
       if not last:
         x = nn.relu(norm()(x))
     return x
+
+
+def mlp_decoder(*, vocab_size: int, image_shape: tuple[int, int, int], embed_dim: int = 64,
+                hidden_dims: Sequence[int] = (64, 256), code_dim: int | None = None) -> Decoder:
+  """MNIST-size decoder: Embed(V, E) -> flatten -> MLP -> Bernoulli logits."""
+  return Decoder(CodeEmbedding(vocab_size, embed_dim, code_dim),
+                 MLPBody(tuple(image_shape), tuple(hidden_dims)))
+
+
+def resnet_decoder(*, vocab_size: int, num_tokens: int, image_shape: tuple[int, int, int],
+                   embed_dim: int = 128, channels: int = 64, num_res_blocks: int = 2,
+                   bn_axis_name: str | None = None, code_dim: int | None = None) -> Decoder:
+  """CIFAR / ImageNet decoder: Embed(V, E) -> ResNet -> Gaussian mean, log-variance."""
+  return Decoder(CodeEmbedding(vocab_size, embed_dim, code_dim),
+                 ResNetBody(num_tokens, tuple(image_shape), channels, num_res_blocks,
+                            bn_axis_name))

@@ -8,7 +8,12 @@ over tokens with cross-attention to the encoded patches. The token input at
 position t is the code sampled at t-1; position 0 gets a dedicated start token
 (id V) that no code can equal, and nothing is masked but the future.
 `NAEncoder`: a bidirectional transformer over patches with independent per-token
-logits.
+logits (or, for VQ-VAE and FSQ, per-token continuous outputs).
+`ValueNetwork`: a small patch MLP that predicts a scalar return per input (PPO).
+
+The AR encoder's token inputs may be integer codes or (straight-through) one-hot
+vectors [.., V + 1] that multiply the embedding table, so a relaxed rollout can
+carry gradients from one step to the next.
 """
 
 import flax.linen as nn
@@ -51,8 +56,13 @@ class AREncoder(nn.Module):
     return tuple(block.cross_kv(memory) for block in self.blocks)
 
   def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
+    """tokens: int ids [..] or one-hot vectors [.., V + 1] (id V is the start token)."""
     table = layers.sincos_positions(self.num_tokens, self.width)
-    return self.token_embed(tokens) + jnp.asarray(table)[positions]
+    if jnp.issubdtype(tokens.dtype, jnp.integer):
+      embedded = self.token_embed(tokens)
+    else:
+      embedded = tokens @ self.token_embed.embedding
+    return embedded + jnp.asarray(table)[positions]
 
   def _logits(self, x: jax.Array) -> jax.Array:
     return self.head(self.norm(x))
@@ -75,7 +85,8 @@ class AREncoder(nn.Module):
 
   def decode_step(self, token: jax.Array, position: jax.Array, cache: tuple[layers.KV, ...],
                   cross: tuple[layers.KV, ...]) -> tuple[jax.Array, tuple[layers.KV, ...]]:
-    """One step: previous tokens [G*B] at `position` -> logits [G*B, V] and the new cache.
+    """One step: previous tokens [G*B] (or one-hot [G*B, V + 1]) at `position` -> logits
+    [G*B, V] and the new cache.
 
     `cross` holds the KV of the B inputs; each has G consecutive sequences.
     """
@@ -95,13 +106,17 @@ class AREncoder(nn.Module):
 
 
 class NAEncoder(nn.Module):
-  """Non-autoregressive encoder: images [B, H, W, C] -> logits [B, L, V]."""
+  """Non-autoregressive encoder: images [B, H, W, C] -> logits [B, L, V].
+
+  With `outputs` set the head gives [B, L, outputs] instead (VQ-VAE: E, FSQ: d).
+  """
   vocab_size: int
   num_tokens: int
   width: int
   num_layers: int
   num_heads: int = 4
   mlp_ratio: int = 4
+  outputs: int | None = None
 
   autoregressive = False
 
@@ -111,4 +126,16 @@ class NAEncoder(nn.Module):
     del tokens
     memory = layers.PatchTransformer(self.width, self.num_layers, self.num_heads,
                                      self.mlp_ratio)(patching.patchify(images, self.num_tokens))
-    return layers.dense(self.vocab_size)(memory)
+    return layers.dense(self.outputs or self.vocab_size)(memory)
+
+
+class ValueNetwork(nn.Module):
+  """images [B, H, W, C] -> [B]: Dense(D) per patch, ReLU, mean over patches, MLP."""
+  num_tokens: int
+  width: int
+
+  @nn.compact
+  def __call__(self, images: jax.Array) -> jax.Array:
+    x = nn.relu(layers.dense(self.width)(patching.patchify(images, self.num_tokens)))
+    x = nn.relu(layers.dense(self.width)(x.mean(axis=1)))
+    return layers.dense(1)(x)[:, 0]

@@ -1,0 +1,181 @@
+"""Trains several methods x seeds on one dataset and writes a Table-1-style comparison.
+
+  python -m daps_jax.compare --config=configs/fashion_mnist.py:short \\
+      --methods=daps,daps_na,gumbel,gumbel_na,grmck,grmck_na,vqvae,fsq,ppo --seeds=2 \\
+      --workdir=workdirs/compare_fashion --config.total_steps=3000
+
+Runs go to WORKDIR/<method>/seed_<i> one after another (seed = config.seed + i);
+each is an ordinary training run, so an interrupted comparison resumes where it
+stopped and finished runs are skipped. `--config.*` overrides apply to every
+method (a field a method does not have is an error). Every run is evaluated on
+the full validation split; WORKDIR/results.md, results.csv and results.png hold
+the table (mean ± std over seeds, best per column in bold), the learning curves
+and the codebook-usage histograms.
+"""
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+from ml_collections import config_flags
+
+from daps_jax import config_lib
+from daps_jax import data
+from daps_jax import report
+from daps_jax import train
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Dataset config file (any method).',
+                                          lock_config=False)
+_METHODS = flags.DEFINE_list('methods', list(config_lib.METHODS), 'Methods to compare.')
+_SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method: config.seed + 0 .. seeds - 1.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the runs and the results.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+# The paper's Table 1 (spec section 7), shown next to our numbers where it applies.
+PAPER_TABLE1 = {
+    'mnist': {
+        'fsq': {'eval/psnr': 18.42}, 'vqvae': {'eval/psnr': 18.45},
+        'grmck': {'eval/beta_elbo': -62.25, 'eval/psnr': 16.78},
+        'gumbel': {'eval/beta_elbo': -68.07, 'eval/psnr': 16.30},
+        'gumbel_na': {'eval/beta_elbo': -47.09, 'eval/psnr': 18.21},
+        'daps': {'eval/beta_elbo': -46.54, 'eval/psnr': 18.23},
+        'daps_na': {'eval/beta_elbo': -46.96, 'eval/psnr': 18.36},
+    },
+}
+
+
+def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split('.')
+  node = config
+  for key in parents:
+    node = node[key]
+  if leaf not in node:
+    raise config_lib.ConfigError(
+        f'--config.{dotted}: method {config.method.name!r} has no field {dotted!r}; '
+        'drop the override or compare only methods that have it.')
+  node[leaf] = value
+
+
+def method_config(filename: str, overrides: dict, method: str,
+                  seed_offset: int) -> ml_collections.ConfigDict:
+  """The config file's config for `method` with the command line's overrides."""
+  path, _, arg = filename.partition(':')
+  items = [item for item in arg.split(',') if item and not item.startswith('method=')]
+  config = config_lib.load(path, ','.join(items + [f'method={method}']))
+  for dotted, value in overrides.items():
+    _set(config, dotted, value)
+  config.seed += seed_offset
+  return config
+
+
+def _records(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_eval(records: list[dict], step: int) -> dict | None:
+  evals = [r for r in records if r.get('step') == step and 'eval/psnr' in r]
+  return evals[-1] if evals else None
+
+
+def _counts_path(workdir: str, step: int) -> str:
+  return os.path.join(workdir, 'codes', f'counts_{step:08d}.npy')
+
+
+def finished(workdir: str, total_steps: int) -> bool:
+  """A run that evaluated at its last step (and saved its code histogram)."""
+  return (_final_eval(_records(workdir), total_steps) is not None
+          and os.path.exists(_counts_path(workdir, total_steps)))
+
+
+def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:
+  records = _records(workdir)
+  final = _final_eval(records, config.total_steps)
+  return report.Run(method=config.method.name, seed=seed_offset,
+                    final={k: v for k, v in final.items() if k != 'step'}, curve=records,
+                    code_counts=np.load(_counts_path(workdir, config.total_steps)),
+                    bits=config_lib.bits_per_input(config))
+
+
+def _median_rate(run: report.Run) -> float:
+  rates = [r['perf/steps_per_sec'] for r in run.curve if r.get('perf/steps_per_sec')]
+  return float(np.median(rates)) if rates else float('nan')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  filename = config_flags.get_config_filename(flags.FLAGS['config'])
+  overrides = config_flags.get_override_values(flags.FLAGS['config'])
+  unknown = [m for m in _METHODS.value if m not in config_lib.METHODS]
+  if unknown:
+    sys.exit(f'--methods: unknown {unknown}; valid: {", ".join(config_lib.METHODS)}.')
+  configs = {}
+  try:
+    for method in _METHODS.value:
+      for i in range(_SEEDS.value):
+        config = method_config(filename, overrides, method, i)
+        config_lib.validate(config, num_devices=jax.device_count())
+        configs[method, i] = config
+  except config_lib.ConfigError as e:
+    sys.exit(str(e))  # Every config is checked before the first run starts.
+
+  runs, wall = [], {}
+  for (method, i), config in configs.items():
+    workdir = os.path.join(_WORKDIR.value, method, f'seed_{i}')
+    if finished(workdir, config.total_steps):
+      logging.info('%s seed %d: finished in %s, skipped.', method, i, workdir)
+    else:
+      logging.info('%s seed %d: training in %s.', method, i, workdir)
+      start = time.time()
+      try:
+        train.train_and_evaluate(config, workdir)
+      except (config_lib.ConfigError, data.DataError) as e:
+        sys.exit(f'{method} seed {i}: {e}')
+      wall[method] = wall.get(method, 0.0) + time.time() - start
+    runs.append(load_run(workdir, config, i))
+
+  first = next(iter(configs.values()))
+  spec = data.get_spec(first.data.name)
+  rates = {r.method: _median_rate(r) for r in runs}
+  meta = {
+      'data': (f'{first.data.name} ({spec.image_shape[0]}x{spec.image_shape[1]}x'
+               f'{spec.image_shape[2]}), full validation split of '
+               f'{int(runs[0].final["eval/num_examples"]):,} examples'),
+      'steps': f'{first.total_steps:,} per run, global batch {first.batch_size}',
+      'seeds': f'{_SEEDS.value} per method (config.seed {first.seed} + i)',
+      'bits per input': ', '.join(f'{m} {configs[m, 0].model.num_tokens} x '
+                                  f'log2({config_lib.num_codes(configs[m, 0])}) = '
+                                  f'{config_lib.bits_per_input(configs[m, 0]):.1f}'
+                                  for m in _METHODS.value),
+      'mean-image PSNR': f'{runs[0].final.get("eval/psnr_mean_image", float("nan")):.2f} dB',
+      'median steps/s': ', '.join(f'{m} {rates[m]:.1f}' for m in _METHODS.value),
+      'machine': (f'{platform.node()}: {platform.processor() or platform.machine()}, '
+                  f'{os.cpu_count()} CPUs, jax {jax.__version__} on '
+                  f'{jax.device_count()} {jax.devices()[0].platform} device(s)'),
+      'date': datetime.date.today().isoformat(),
+      'command': f'`python -m daps_jax.compare {shlex.join(sys.argv[1:])}`',
+  }
+  if wall:
+    meta['training wall time (this invocation)'] = ', '.join(
+        f'{m} {wall[m] / 60:.1f} min' for m in _METHODS.value if m in wall)
+  reference = PAPER_TABLE1.get(first.data.name)
+  paths = report.write(_WORKDIR.value, runs, meta, methods=_METHODS.value, reference=reference)
+  print(open(paths['md']).read())
+
+
+if __name__ == '__main__':
+  app.run(main)

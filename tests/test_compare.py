@@ -1,0 +1,60 @@
+"""`python -m daps_jax.compare`: trains methods x seeds, skips finished runs, writes the table."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+from tests import helpers
+
+_TINY = ['--config=configs/mnist.py:quickstart', '--config.total_steps=2',
+         '--config.batch_size=8', '--config.eval_batch_size=500', '--config.log_every_steps=1',
+         '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
+         '--config.num_grid_images=2', '--config.model.vocab_size=16', '--config.model.width=16',
+         '--config.model.decoder.embed_dim=8', '--config.model.decoder.hidden_dims=(16,)']
+
+
+def _compare(workdir, *args):
+  return subprocess.run([sys.executable, '-m', 'daps_jax.compare', f'--workdir={workdir}',
+                         *_TINY, *args], cwd=helpers.REPO, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_compare_writes_table_and_skips_finished_runs(tmp_path):
+  workdir = str(tmp_path)
+  result = _compare(workdir, '--methods=daps_na,fsq', '--seeds=2')
+  assert result.returncode == 0, result.stderr[-3000:]
+  for name in ('results.md', 'results.csv', 'results.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    rows = {row['method']: row for row in csv.DictReader(f)}
+  assert set(rows) == {'daps_na', 'fsq'}
+  assert rows['daps_na']['num_seeds'] == rows['fsq']['num_seeds'] == '2'
+  assert float(rows['daps_na']['eval/beta_elbo_mean']) < 0
+  assert rows['fsq']['eval/beta_elbo_mean'] == ''  # No analytic q(z|x): not applicable.
+  assert float(rows['daps_na']['bits']) == 8 * 4  # L log2 V with V = 16.
+  assert math.isclose(float(rows['fsq']['bits']), 8 * math.log2(240))  # Levels (8, 6, 5).
+  seeds = []
+  for i in range(2):
+    with open(os.path.join(workdir, 'daps_na', f'seed_{i}', 'config.json')) as f:
+      seeds.append(json.load(f)['seed'])
+  assert seeds == [0, 1]
+  table = open(os.path.join(workdir, 'results.md')).read()
+  assert 'mnist_embedded' in table and '2 per run' in table
+
+  metrics = os.path.join(workdir, 'fsq', 'seed_1', 'metrics.jsonl')
+  size = os.path.getsize(metrics)
+  again = _compare(workdir, '--methods=daps_na,fsq', '--seeds=2')
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert again.stderr.count('skipped') == 4
+  assert os.path.getsize(metrics) == size  # Nothing retrained.
+
+
+def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
+  result = _compare(str(tmp_path), '--methods=daps,vqvae', '--seeds=1',
+                    '--config.method.eta_init=2.0')
+  assert result.returncode != 0
+  assert "config.method.eta_init: method 'vqvae' has no field" in result.stderr
+  assert not os.path.exists(os.path.join(str(tmp_path), 'daps'))
