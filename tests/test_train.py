@@ -21,9 +21,9 @@ def _final_state(workdir: str, step: int, like):
   return state, data_state
 
 
-def _steps_logged(workdir: str) -> list[int]:
+def _steps_logged(workdir: str, key: str = 'loss/policy') -> list[int]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line)['step'] for line in f if 'loss/policy' in line]
+    return [json.loads(line)['step'] for line in f if key in line]
 
 
 @pytest.fixture(scope='module')
@@ -61,7 +61,9 @@ def test_resumed_run_equals_uninterrupted_run(runs):
   resumed, straight, _, second = runs
   config = helpers.tiny_config()
   spec = data.get_spec(config.data.name)
-  like = train.initial_state(config, build.networks(config, spec.image_shape), spec)
+  networks = build.networks(config, spec.image_shape)
+  like = train.initial_state(config, networks, build.method(config, networks, spec.image_shape),
+                             spec)
   a, data_a = _final_state(resumed, 4, like)
   b, data_b = _final_state(straight, 4, like)
   assert data_a == data_b
@@ -118,3 +120,16 @@ def test_cifar_path_with_mock_tfds_data(tmp_path):
   assert 0 < result['eval/psnr'] < 60 and 0 < result['eval/psnr_mean_image'] < 60
   assert all(np.isfinite(v) for v in result.values())
   assert os.path.exists(tmp_path / 'images' / 'recon_00000002.png')
+
+
+def test_baseline_with_aux_state_resumes(tmp_path):
+  """PPO's aux (value network, behaviour policy, KL coefficient) is checkpointed and
+  restored; the run continues from its step with the baseline's metrics."""
+  config = helpers.tiny_config('ppo')
+  workdir = str(tmp_path)
+  train.train_and_evaluate(config, workdir)
+  config.total_steps = 3
+  result = train.train_and_evaluate(config, workdir)
+  assert _steps_logged(workdir, 'loss/value') == [1, 2, 3]
+  assert 'ppo/kl_coef' in result and np.isfinite(result['eval/elbo'])
+  assert os.path.exists(os.path.join(workdir, 'codes', 'counts_00000003.npy'))
