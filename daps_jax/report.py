@@ -256,7 +256,8 @@ def _plot_curves(ax, groups: Mapping[str, list[Run]], colours: Mapping[str, str]
       continue
     steps = np.array(list(series))
     values = list(series.values())
-    ax.plot(steps, [np.mean(v) for v in values], color=colours[method], label=method)
+    ax.plot(steps, [np.mean(v) for v in values], color=colours[method], label=method,
+            marker='o' if len(steps) <= 20 else None, markersize=3)
     if len(group) > 1:
       ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values],
                       color=colours[method], alpha=0.2, linewidth=0)
