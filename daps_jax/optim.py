@@ -38,7 +38,8 @@ def exp_decay(init: float, final: float, steps: int):
 def cosine(init: float, final: float, steps: int) -> optax.Schedule:
   """Cosine decay from `init` to `final` over `steps`, then constant."""
   if init <= 0 or final < 0 or steps <= 0:
-    raise ValueError(f'cosine needs init > 0, final >= 0, steps > 0; got {init}, {final}, {steps}.')
+    raise ValueError(f'cosine needs init > 0, final >= 0, steps > 0; '
+                     f'got {init}, {final}, {steps}.')
   return optax.cosine_decay_schedule(init, steps, alpha=final / init)
 
 

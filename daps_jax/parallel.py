@@ -30,6 +30,11 @@ def process_batch_size(global_batch: int) -> int:
   return global_batch // jax.process_count()
 
 
+def pmean(tree, axis_name: str | None):
+  """Mean over the device axis inside a mapped step; the identity without one."""
+  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
 def replicate(tree, devices: Sequence[jax.Device] | None = None):
   """Host pytree -> one copy per device (leading device axis; default: local devices).
 

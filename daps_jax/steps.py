@@ -25,6 +25,7 @@ from flax.training import train_state
 from daps_jax import latents
 from daps_jax import losses
 from daps_jax import optim
+from daps_jax import parallel
 from daps_jax import state as state_lib
 
 
@@ -33,10 +34,6 @@ class DapsHparams:
   num_samples: int  # K
   ess_target: float  # target ESS / K in (0, 1]
   beta: Callable[[jax.Array], jax.Array]  # step -> entropy weight
-
-
-def _pmean(tree, axis_name: str | None):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
 def decoder_step(decoder_state: state_lib.ModelState, images: jax.Array, tokens: jax.Array, *,
@@ -64,7 +61,7 @@ def decoder_step(decoder_state: state_lib.ModelState, images: jax.Array, tokens:
     return -jnp.mean(log_p), (log_p, updates)
 
   (loss, (log_p, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(decoder_state.params)
-  grads = _pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   new_state = decoder_state.apply_gradients(grads=grads,
                                             batch_stats=updates.get('batch_stats', {}))
   metrics = {'loss/decoder': loss, 'grad_norm/decoder': optax.tree.norm(grads),
@@ -103,10 +100,11 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
     return losses.weighted_nll(weights, scores.log_q), scores
 
   (policy_loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(encoder_state.params)
-  grads = _pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   new_encoder = encoder_state.apply_gradients(grads=grads)
 
-  ess, d_ess = _pmean(losses.ess_and_grad(advantages, behaviour_log_q, log_eta, beta), axis_name)
+  ess, d_ess = parallel.pmean(losses.ess_and_grad(advantages, behaviour_log_q, log_eta, beta),
+                              axis_name)
   dual_loss, dual_grad = losses.dual_loss_and_grad(ess, d_ess, k * ess_target)
   new_dual = dual_state.apply_gradients(grads={'log_eta': dual_grad})
 
@@ -160,4 +158,4 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
              'elbo/train': log_p.mean() - pol_metrics['policy/kl']}
   new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,
                               aux={'dual': dual})
-  return new_state, _pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)

@@ -11,11 +11,8 @@ import jax
 import optax
 
 from daps_jax import optim
+from daps_jax import parallel
 from daps_jax import state as state_lib
-
-
-def pmean(tree, axis_name: str | None):
-  return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
 def joint_step(state: state_lib.State, loss_fn: Callable, axis_name: str | None = None):
@@ -31,7 +28,7 @@ def joint_step(state: state_lib.State, loss_fn: Callable, axis_name: str | None 
   """
   (loss, (extras, updates)), (g_enc, g_dec) = jax.value_and_grad(
       loss_fn, argnums=(0, 1), has_aux=True)(state.encoder.params, state.decoder.params)
-  g_enc, g_dec = pmean((g_enc, g_dec), axis_name)
+  g_enc, g_dec = parallel.pmean((g_enc, g_dec), axis_name)
   encoder = state.encoder.apply_gradients(grads=g_enc)
   decoder = state.decoder.apply_gradients(grads=g_dec,
                                           batch_stats=updates.get('batch_stats', {}))

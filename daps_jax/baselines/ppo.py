@@ -25,9 +25,9 @@ import optax
 
 from daps_jax import latents
 from daps_jax import optim
+from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax import steps
-from daps_jax.baselines import common
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,12 +78,12 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
 
   (value_loss, values), value_grads = jax.value_and_grad(value_loss_fn, has_aux=True)(
       value_state.params)
-  value_grads = common.pmean(value_grads, axis_name)
+  value_grads = parallel.pmean(value_grads, axis_name)
   value_state = value_state.apply_gradients(grads=value_grads)
 
   advantages = returns - values[:, None]
-  mean = common.pmean(advantages.mean(), axis_name)
-  var = common.pmean(jnp.square(advantages - mean).mean(), axis_name)
+  mean = parallel.pmean(advantages.mean(), axis_name)
+  var = parallel.pmean(jnp.square(advantages - mean).mean(), axis_name)
   advantages = (advantages - mean) / jnp.sqrt(var + 1e-8)
   kl_coef = state.aux['kl_coef']
   eps = hparams.clip_ratio
@@ -98,9 +98,9 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
 
   (policy_loss, (scores, ratio, kl)), grads = jax.value_and_grad(
       policy_loss_fn, has_aux=True)(state.encoder.params)
-  grads = common.pmean(grads, axis_name)
+  grads = parallel.pmean(grads, axis_name)
   new_encoder = state.encoder.apply_gradients(grads=grads)
-  kl = common.pmean(kl, axis_name)
+  kl = parallel.pmean(kl, axis_name)
   aux = {'behaviour': state.encoder.params, 'value': value_state,
          'kl_coef': adapt_kl_coef(kl_coef, kl, hparams.kl_target)}
   metrics.update({
@@ -120,4 +120,4 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
       'optim/encoder_skipped': optim.skipped_updates(new_encoder.opt_state),
   })
   new_state = state_lib.State(step=state.step + 1, encoder=new_encoder, decoder=decoder, aux=aux)
-  return new_state, common.pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from daps_jax import estimators
 from daps_jax import evaluation
+from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax.baselines import common
 
@@ -96,7 +97,7 @@ def vq_train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networ
       metrics['vq/restarted'] = restarted.astype(jnp.float32)
     decoder = new_state.decoder.replace(params=_with_codebook(new_state.decoder.params, table))
     new_state = new_state.replace(decoder=decoder, aux={'ema': ema})
-  return new_state, common.pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)
 
 
 def vq_encode(state: state_lib.State, images: jax.Array, rng: jax.Array, *, networks,
@@ -127,7 +128,7 @@ def fsq_train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, netwo
 
   new_state, log_p, metrics = common.joint_step(state, loss_fn, axis_name)
   metrics.update({'loss/decoder': -log_p.mean(), 'decoder/log_p': log_p.mean()})
-  return new_state, common.pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)
 
 
 def fsq_encode(state: state_lib.State, images: jax.Array, rng: jax.Array, *, networks,

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from daps_jax import estimators
 from daps_jax import latents
+from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax.baselines import common
 
@@ -72,4 +73,4 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
       'relax/tau': tau,
       'elbo/train': (log_p - sample.kl).mean(),
   })
-  return new_state, common.pmean(metrics, axis_name)
+  return new_state, parallel.pmean(metrics, axis_name)
