@@ -25,14 +25,15 @@ from daps_jax import state as state_lib
 from daps_jax import writers
 
 # Fields that must not change when a run resumes: they change what is trained.
-_FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'seed')
+# A field a method does not have (e.g. K for VQ-VAE) reads as None.
+_FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'method.num_samples', 'seed')
 # Train metrics repeated in each eval record (the state of the schedules and duals).
 _EVAL_CONTEXT = ('dual/eta', 'dual/ess_fraction', 'ppo/kl_coef')
 
 
 def _get(config: ml_collections.ConfigDict, dotted: str):
   for key in dotted.split('.'):
-    config = config[key]
+    config = config.get(key)
   return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
 
 

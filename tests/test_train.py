@@ -78,6 +78,10 @@ def test_resume_with_different_model_is_refused(runs):
   config.model.vocab_size = 32
   with pytest.raises(ValueError, match=r'config\.model differs.*fresh --workdir'):
     train.train_and_evaluate(config, resumed)
+  config = helpers.tiny_config()
+  config.method.num_samples = 8  # The run was trained with K = 4.
+  with pytest.raises(ValueError, match=r'config\.method\.num_samples differs'):
+    train.train_and_evaluate(config, resumed)
 
 
 def test_mismatched_checkpoint_names_the_arrays(tmp_path):
