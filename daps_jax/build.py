@@ -18,6 +18,7 @@ from daps_jax import data
 from daps_jax import evaluation
 from daps_jax import models
 from daps_jax import optim
+from daps_jax import state as state_lib
 from daps_jax import steps
 from daps_jax.baselines import ppo
 from daps_jax.baselines import quantized
@@ -156,6 +157,16 @@ def method(config: ml_collections.ConfigDict, nets: Networks,
         kl_coef_init=me.kl_coef_init)
   return Method(name=me.name, train_step=step, encode=encode, init_aux=init_aux,
                 beta_final=beta_final, schedules=schedules)
+
+
+def initial_state(config: ml_collections.ConfigDict, networks: Networks,
+                  method: Method, spec: data.DatasetSpec) -> state_lib.State:
+  """Freshly initialised host state of a config (also the target of a restore)."""
+  rng_init, _, _ = state_lib.run_keys(config.seed)
+  txs = optimizers(config)
+  create = lambda r: state_lib.create_state(r, networks, txs, image_shape=spec.image_shape,
+                                            init_aux=method.init_aux)
+  return jax.device_get(jax.jit(create)(rng_init))
 
 
 def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:

@@ -34,6 +34,9 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
   def save(self, step: int, state, data_state: dict) -> None:
     """`state` is a host pytree (numpy); saving is asynchronous."""
     self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),

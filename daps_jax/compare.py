@@ -169,6 +169,12 @@ def main(argv):
       'date': datetime.date.today().isoformat(),
       'command': f'`python -m daps_jax.compare {shlex.join(sys.argv[1:])}`',
   }
+  if any('eval/fid' in run.final for run in runs):
+    fid = first.fid
+    against = (f'the {spec.eval_split} originals (rfid)' if fid.protocol == 'rfid'
+               else f'the statistics in {fid.reference} (authors)')
+    meta['FID'] = (f'final eval, reconstructions vs {against}, Inception input '
+                   f'{fid.resolution}x{fid.resolution}')
   if wall:
     meta['training wall time (this invocation)'] = ', '.join(
         f'{m} {wall[m] / 60:.1f} min' for m in _METHODS.value if m in wall)

@@ -61,6 +61,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100  # Training metrics to metrics.jsonl / TensorBoard every N steps.
   c.num_grid_images = 16  # Originals/reconstructions shown in the eval PNG grid.
 
+  c.fid = ml_collections.ConfigDict()
+  c.fid.every_steps = 0  # FID in training evals every N steps (0: final eval only; -1: never).
+  c.fid.protocol = 'rfid'  # 'rfid': vs the same validation originals; 'authors': vs fid.reference.
+  c.fid.reference = ml_collections.config_dict.placeholder(str)  # authors: .npz of mu, sigma.
+  c.fid.weights = ml_collections.config_dict.placeholder(str)  # Inception .npz (None: default).
+  c.fid.stats_dir = ml_collections.config_dict.placeholder(str)  # Originals' stats (None: default).
+  c.fid.resolution = 299  # Inception input size; 299 is the standard (others: not comparable).
+  c.fid.chunk_size = 64  # Images per Inception call on a device (bounds activation memory).
+
   c.data = ml_collections.ConfigDict()
   c.data.name = ''  # A dataset of daps_jax.data.SPECS.
   c.data.dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir or IDX folder.
@@ -157,6 +166,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     _check(config[field] > 0, field, f'must be positive, got {config[field]}.')
   _check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
+  _validate_fid(config.fid)
   for field in ('batch_size', 'eval_batch_size'):
     _check(config[field] % num_devices == 0, field,
            f'{config[field]} does not divide by the {num_devices} devices; '
@@ -218,6 +228,23 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     _check(0 < me.clip_ratio < 1, 'method.clip_ratio', 'must be in (0, 1).')
     _check(me.kl_target > 0 and me.kl_coef_init >= 0, 'method.kl_target',
            'kl_target must be positive and kl_coef_init >= 0.')
+
+
+FID_PROTOCOLS = ('rfid', 'authors')
+
+
+def _validate_fid(fid: ml_collections.ConfigDict) -> None:
+  _check(fid.every_steps >= -1, 'fid.every_steps',
+         'must be >= -1 (N: every N steps, 0: only the final eval, -1: never in training).')
+  _check(fid.resolution >= 75, 'fid.resolution',
+         f'{fid.resolution} is below 75, the smallest input InceptionV3 accepts (299: standard).')
+  _check(fid.protocol in FID_PROTOCOLS, 'fid.protocol',
+         f"{fid.protocol!r}: use 'rfid' (reconstructions vs the same validation originals) or "
+         "'authors' (vs the statistics in fid.reference).")
+  _check(fid.protocol != 'authors' or bool(fid.reference), 'fid.reference',
+         "the 'authors' protocol needs a .npz with mu [2048] and sigma [2048, 2048]; "
+         'set --config.fid.reference=PATH.')
+  _check(fid.chunk_size >= 1, 'fid.chunk_size', 'must be >= 1.')
 
 
 def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,

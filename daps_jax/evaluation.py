@@ -6,8 +6,9 @@ stochastic latent sample per input for the categorical encoders
 (`categorical_encode`: DAPS, Gumbel, GR-MCK, PPO), deterministic quantisation
 for VQ-VAE and FSQ; the reconstruction is the decoder mean. `evaluate` runs it
 over every batch and turns the sums into metrics: ELBO and beta-ELBO (only with
-an analytic q(z|x)), PSNR (per image on [0, 1], averaged) and codebook usage
-over the whole split.
+an analytic q(z|x)), PSNR and SSIM (per image on [0, 1], averaged), codebook
+usage over the whole split and, given a `fid.scorer.FidScorer`, the FID of the
+reconstructions.
 
 Shape legend: B batch per device, L latent tokens, V codebook size.
 """
@@ -23,6 +24,7 @@ from daps_jax import latents
 from daps_jax import metrics as metrics_lib
 from daps_jax import parallel
 from daps_jax import state as state_lib
+from daps_jax.fid import scorer
 
 
 class Encoding(NamedTuple):
@@ -54,15 +56,18 @@ def eval_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
     networks: `build.Networks`; encode: the method's encoding (e.g.
       `categorical_encode`); spec: the dataset's `DatasetSpec`.
   Returns:
-    ({'count', 'log_p', 'kl' (analytic q only), 'psnr', 'code_counts' [L, V]}
+    ({'count', 'log_p', 'kl' (analytic q only), 'psnr', 'ssim', 'code_counts' [L, V]}
     summed over the batch and devices, reconstructions [B, H, W, C] in [0, 1]).
   """
   images, mask = batch['image'], batch['mask'].astype(jnp.float32)
   tokens, out, kl = encode(state, images, rng, networks=networks, axis_name=axis_name)
   log_p = networks.likelihood.log_prob(out, images)
   recon = jnp.clip(data.to_unit(networks.likelihood.mean(out), spec), 0.0, 1.0)
-  psnr = metrics_lib.psnr(recon, data.to_unit(images, spec))
+  originals = data.to_unit(images, spec)
+  psnr = metrics_lib.psnr(recon, originals)
+  ssim = metrics_lib.ssim(recon, originals)
   sums = {'count': mask.sum(), 'log_p': (log_p * mask).sum(), 'psnr': (psnr * mask).sum(),
+          'ssim': (ssim * mask).sum(),
           'code_counts': metrics_lib.code_counts(tokens, networks.num_codes, mask)}
   if kl is not None:
     sums['kl'] = (kl * mask).sum()
@@ -72,7 +77,8 @@ def eval_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
 
 
 def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
-             beta_final: float | None, spec: data.DatasetSpec, num_grid_images: int = 0):
+             beta_final: float | None, spec: data.DatasetSpec, num_grid_images: int = 0,
+             fid: scorer.FidScorer | None = None):
   """Runs a pmapped `eval_step` over all batches.
 
   Args:
@@ -83,14 +89,19 @@ def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
     beta_final: the beta of the reported beta-ELBO (None: the method has none).
     spec: the dataset spec (for the [0, 1] originals of the grid).
     num_grid_images: originals/reconstructions returned from the first batch.
+    fid: scores the reconstructions' FID when given ('eval/fid').
   Returns:
     (metrics dict, (originals, reconstructions) numpy in [0, 1] for the grid,
     code counts [L, V] numpy). ELBO and beta-ELBO are present only for methods
     with an analytic q(z|x).
   """
   totals, grid = None, None
+  if fid is not None:
+    fid.begin()
   for i, batch in enumerate(batches):
     sums, recon = p_eval_step(state, parallel.shard(batch), jax.random.fold_in(rng, i))
+    if fid is not None:
+      fid.add(recon, batch)
     sums = jax.tree.map(lambda x: np.asarray(x[0], np.float64), sums)
     totals = sums if totals is None else jax.tree.map(np.add, totals, sums)
     if grid is None and num_grid_images:
@@ -102,12 +113,14 @@ def evaluate(p_eval_step, state, batches: Iterable[dict], rng: jax.Array, *,
     raise ValueError('The validation split is empty: nothing to evaluate.')
   n = totals['count']
   result = {'eval/log_p': totals['log_p'] / n, 'eval/psnr': totals['psnr'] / n,
-            'eval/num_examples': n}
+            'eval/ssim': totals['ssim'] / n, 'eval/num_examples': n}
   if 'kl' in totals:
     result['eval/kl'] = totals['kl'] / n
     result['eval/elbo'] = (totals['log_p'] - totals['kl']) / n
     if beta_final is not None:
       result['eval/beta_elbo'] = (totals['log_p'] - beta_final * totals['kl']) / n
+  if fid is not None:
+    result['eval/fid'] = fid.result()
   usage = metrics_lib.codebook_usage(jnp.asarray(totals['code_counts']))
   result.update({k: float(v) for k, v in usage.items()})
   counts = totals['code_counts'].astype(np.int64)

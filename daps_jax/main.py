@@ -17,7 +17,10 @@ from ml_collections import config_flags
 from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import data
+from daps_jax import evaluator
 from daps_jax import train
+from daps_jax.fid import statistics
+from daps_jax.fid import weights
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py:method=daps.',
                                           lock_config=True)
@@ -50,14 +53,11 @@ def main(argv):
                jax.default_backend(), jax.process_count(), jax.device_count())
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError) as e:
+  except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
+          weights.WeightsError, statistics.StatsError) as e:
     sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
   if result and jax.process_index() == 0:
-    print(f'Held-out PSNR {result["eval/psnr"]:.2f} dB (predicting the mean train image: '
-          f'{result["eval/psnr_mean_image"]:.2f} dB); ELBO {result["eval/elbo"]:.2f}, '
-          f'beta-ELBO {result["eval/beta_elbo"]:.2f} nats; codebook used '
-          f'{result["codebook/used_fraction"]:.3f}, perplexity {result["codebook/perplexity"]:.1f}. '
-          f'Outputs in {_WORKDIR.value}.')
+    print(f'Held-out {evaluator.summary(result)}. Outputs in {_WORKDIR.value}.')
 
 
 if __name__ == '__main__':

@@ -82,3 +82,9 @@ def pmap_step(fn: Callable, *, donate_state: bool = False, max_traces: int | Non
     step = chex.assert_max_traces(step, n=max_traces)
   return jax.pmap(step, axis_name=AXIS, in_axes=(0, 0, None), devices=devices,
                   donate_argnums=(0,) if donate_state else ())
+
+
+def pmap_mapped(fn: Callable, **static) -> Callable:
+  """pmap(fn(*args, axis_name=AXIS, **static)) with every argument split over the
+  local devices (e.g. replicated parameters and sharded images)."""
+  return jax.pmap(functools.partial(fn, axis_name=AXIS, **static), axis_name=AXIS)

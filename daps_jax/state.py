@@ -23,6 +23,11 @@ class State:
   aux: dict  # method-specific pytree, e.g. {'dual': TrainState of {'log_eta'}} for DAPS
 
 
+def run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(init, loop, eval) keys of a run: one seed, split by purpose."""
+  return tuple(jax.random.split(jax.random.key(seed), 3))
+
+
 def variables(state: ModelState) -> dict:
   """Flax variables of a model state for `apply`."""
   if state.batch_stats:

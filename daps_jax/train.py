@@ -1,9 +1,9 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
 Resumes from the newest checkpoint in `workdir` if there is one. Writes
-`config.json`, `metrics.jsonl`, TensorBoard events (`tb/`), reconstruction grids
-(`images/`), the code histogram [L, V] of every evaluation
-(`codes/counts_<step>.npy`) and orbax checkpoints (`checkpoints/`) there.
+`config.json`, `metrics.jsonl`, TensorBoard events (`tb/`), orbax checkpoints
+(`checkpoints/`) and, per evaluation, what `evaluator.write_outputs` writes
+(`eval_<step>.json`, reconstruction and codebook figures, code histograms).
 """
 
 import json
@@ -12,14 +12,12 @@ import os
 from absl import logging
 import jax
 import ml_collections
-import numpy as np
 
 from daps_jax import build
 from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import data
-from daps_jax import evaluation
-from daps_jax import images as images_lib
+from daps_jax import evaluator as evaluator_lib
 from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax import writers
@@ -55,28 +53,6 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def _run_keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """(init, loop, eval) keys of a run: one seed, split by purpose."""
-  return tuple(jax.random.split(jax.random.key(seed), 3))
-
-
-def initial_state(config: ml_collections.ConfigDict, networks: build.Networks,
-                  method: build.Method, spec: data.DatasetSpec) -> state_lib.State:
-  """Freshly initialised host state of a config (also the target of a restore)."""
-  rng_init, _, _ = _run_keys(config.seed)
-  txs = build.optimizers(config)
-  create = lambda r: state_lib.create_state(r, networks, txs, image_shape=spec.image_shape,
-                                            init_aux=method.init_aux)
-  return jax.device_get(jax.jit(create)(rng_init))
-
-
-def save_code_counts(workdir: str, step: int, counts: np.ndarray) -> None:
-  """codes/counts_<step>.npy: the [L, V] code histogram of an evaluation."""
-  path = os.path.join(workdir, 'codes', f'counts_{step:08d}.npy')
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  np.save(path, counts)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Trains to `config.total_steps`, evaluating and checkpointing on the way.
 
@@ -92,8 +68,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   method = build.method(config, networks, spec.image_shape)
   logging.info('Method %s', build.describe(config, build.param_counts(config)))
-  _, rng_loop, rng_eval = _run_keys(config.seed)
-  state = initial_state(config, networks, method, spec)
+  _, rng_loop, _ = state_lib.run_keys(config.seed)
+  state = build.initial_state(config, networks, method, spec)
 
   loader = data.train_loader(config.data.name, data_dir=config.data.dir,
                              batch_size=parallel.process_batch_size(config.batch_size),
@@ -109,44 +85,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = parallel.replicate(state)
 
   p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
-  p_eval_step = parallel.pmap_step(evaluation.eval_step, networks=networks,
-                                   encode=method.encode, spec=spec)
+  evaluator = evaluator_lib.Evaluator(config, networks, method, spec,
+                                      fid='off' if config.fid.every_steps < 0 else 'auto')
   writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
   progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
-  baseline_psnr = None
   eval_metrics = {}
 
-  def run_eval(step: int, train_metrics: dict) -> dict:
-    nonlocal baseline_psnr
-    batches = data.eval_batches(config.data.name, data_dir=config.data.dir,
-                                batch_size=parallel.process_batch_size(config.eval_batch_size),
-                                process_index=jax.process_index(),
-                                process_count=jax.process_count())
-    result, grid, counts = evaluation.evaluate(p_eval_step, state, batches,
-                                               jax.random.fold_in(rng_eval, step),
-                                               beta_final=method.beta_final, spec=spec,
-                                               num_grid_images=config.num_grid_images)
-    if baseline_psnr is None:
-      baseline_psnr = evaluation.mean_image_psnr(
-          config.data.name, config.data.dir, seed=config.seed,
-          eval_batch_size=parallel.process_batch_size(config.eval_batch_size))
-    result['eval/psnr_mean_image'] = baseline_psnr
-    result.update({k: float(train_metrics[k][0]) for k in _EVAL_CONTEXT if k in train_metrics})
-    result.update({k: float(schedule(step)) for k, schedule in method.schedules.items()})
-    writer.write_scalars(step, result)
-    if parallel.is_writer():
-      save_code_counts(workdir, step, counts)
-    if grid is not None:
-      picture = images_lib.reconstruction_grid(*grid)
-      writer.write_images(step, {'reconstructions': picture})
-      if parallel.is_writer():
-        images_lib.save_png(os.path.join(workdir, 'images', f'recon_{step:08d}.png'), picture)
-    elbo = (f'ELBO {result["eval/elbo"]:.2f}, beta-ELBO {result.get("eval/beta_elbo", 0):.2f}'
-            if 'eval/elbo' in result else 'no ELBO (no analytic q(z|x))')
-    logging.info('eval step %d: %s, PSNR %.2f dB (mean image %.2f dB), codebook used %.3f, '
-                 'perplexity %.1f', step, elbo, result['eval/psnr'], baseline_psnr,
-                 result['codebook/used_fraction'], result['codebook/perplexity'])
-    return result
+  def run_eval(step: int, train_metrics: dict, final: bool) -> dict:
+    every = config.fid.every_steps
+    with_fid = final or (every > 0 and step % every == 0)
+    result = evaluator(state, step, with_fid=with_fid)
+    result.metrics.update(
+        {k: float(train_metrics[k][0]) for k in _EVAL_CONTEXT if k in train_metrics})
+    result.metrics.update({k: float(schedule(step)) for k, schedule in method.schedules.items()})
+    evaluator_lib.write_outputs(workdir, step, result, writer, config=config)
+    logging.info('eval step %d: %s', step, evaluator_lib.summary(result.metrics))
+    return result.metrics
 
   try:
     for step in range(start_step + 1, config.total_steps + 1):
@@ -162,7 +116,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars['perf/steps_per_sec'] = steps_per_sec
         writer.write_scalars(step, scalars)
       if step % config.eval_every_steps == 0 or final:
-        eval_metrics = run_eval(step, metrics)
+        eval_metrics = run_eval(step, metrics, final)
       if step % config.checkpoint_every_steps == 0 or final:
         ckpt.save(step, parallel.unreplicate(state), loader.get_state())
     if start_step >= config.total_steps:

@@ -27,6 +27,7 @@ def tiny_config(method: str = 'daps') -> ml_collections.ConfigDict:
   config.checkpoint_every_steps = 2
   config.log_every_steps = 1
   config.num_grid_images = 4
+  config.fid.every_steps = -1  # Tests that want FID turn it on (it costs an Inception pass).
   config.method.num_samples = 4
   config.model.vocab_size = 16
   config.model.width = 16

@@ -7,7 +7,6 @@ from daps_jax import build
 from daps_jax import data
 from daps_jax import evaluation
 from daps_jax import parallel
-from daps_jax import train
 from tests import helpers
 
 
@@ -28,7 +27,7 @@ def test_evaluate_counts_every_example_once_despite_padding():
   spec = data.get_spec(config.data.name)
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   method = build.method(config, networks, spec.image_shape)
-  state = parallel.replicate(train.initial_state(config, networks, method, spec))
+  state = parallel.replicate(build.initial_state(config, networks, method, spec))
   p_eval = parallel.pmap_step(evaluation.eval_step, networks=networks, encode=method.encode,
                               spec=spec)
   batches = data.eval_batches(config.data.name, data_dir=None, batch_size=300)

@@ -19,7 +19,6 @@ from daps_jax import estimators
 from daps_jax import evaluation
 from daps_jax import latents
 from daps_jax import parallel
-from daps_jax import train
 from daps_jax.baselines import ppo
 from daps_jax.baselines import quantized
 from tests import helpers
@@ -32,7 +31,7 @@ def setup(method: str, **method_fields):
   spec = data.get_spec(config.data.name)
   nets = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   meth = build.method(config, nets, spec.image_shape)
-  return config, nets, meth, train.initial_state(config, nets, meth, spec)
+  return config, nets, meth, build.initial_state(config, nets, meth, spec)
 
 
 def batch(n=8, seed=0):
@@ -169,7 +168,7 @@ _SHARDED_SCRIPT = r'''
 import sys
 import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from daps_jax import build, data, parallel, train
+from daps_jax import build, data, parallel
 from tests import helpers
 assert jax.local_device_count() == 2, jax.devices()
 
@@ -180,7 +179,7 @@ def run(method, devices):
   spec = data.get_spec(config.data.name)
   nets = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   meth = build.method(config, nets, spec.image_shape)
-  state = parallel.replicate(train.initial_state(config, nets, meth, spec), devices)
+  state = parallel.replicate(build.initial_state(config, nets, meth, spec), devices)
   step = parallel.pmap_step(meth.train_step, devices=devices)
   rng = np.random.default_rng(0)
   for _ in range(3):

@@ -62,7 +62,7 @@ def test_resumed_run_equals_uninterrupted_run(runs):
   config = helpers.tiny_config()
   spec = data.get_spec(config.data.name)
   networks = build.networks(config, spec.image_shape)
-  like = train.initial_state(config, networks, build.method(config, networks, spec.image_shape),
+  like = build.initial_state(config, networks, build.method(config, networks, spec.image_shape),
                              spec)
   a, data_a = _final_state(resumed, 4, like)
   b, data_b = _final_state(straight, 4, like)

@@ -1,0 +1,1 @@
+"""Fréchet Inception Distance: the FID InceptionV3 in Flax, its weights, and feature statistics."""
