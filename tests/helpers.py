@@ -1,11 +1,14 @@
 """Tiny configs and networks shared by the tests."""
 
 import os
+import pathlib
+import struct
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from tensorboardX.proto import event_pb2
 
 from daps_jax import config_lib
 from daps_jax import models
@@ -66,3 +69,21 @@ def all_sequences(vocab_size: int, length: int) -> np.ndarray:
   """Every sequence of `length` codes: [V**L, L] in lexicographic order."""
   grids = np.meshgrid(*[np.arange(vocab_size)] * length, indexing='ij')
   return np.stack([g.reshape(-1) for g in grids], axis=-1).astype(np.int32)
+
+
+def read_summaries(tb_dir: pathlib.Path) -> list[tuple[int, str, float | None]]:
+  """(step, tag, scalar or None for an image) from TFRecord event files.
+
+  Records are [u64 length][u32 crc][data][u32 crc]; `tensorboard` is not installed.
+  """
+  found = []
+  for path in sorted(tb_dir.glob('events.out.tfevents.*')):
+    data = path.read_bytes()
+    offset = 0
+    while offset < len(data):
+      (length,) = struct.unpack('<Q', data[offset:offset + 8])
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      offset += 12 + length + 4
+      found.extend((event.step, v.tag, v.simple_value if v.HasField('simple_value') else None)
+                   for v in event.summary.value)
+  return found

@@ -165,3 +165,15 @@ def test_two_devices_evaluate_like_one(run, tmp_path):
   assert set(one) == set(two) and 'eval/fid' in one
   for key in one:
     np.testing.assert_allclose(two[key], one[key], rtol=1e-4, err_msg=key)
+
+
+def test_command_prints_a_summary_and_reports_bad_input_without_traceback(run, tmp_path):
+  command = [sys.executable, '-m', 'daps_jax.evaluate', '--metrics=psnr,codebook']
+  ok = subprocess.run([*command, f'--workdir={run[0]}'], cwd=helpers.REPO, capture_output=True,
+                      text=True, timeout=300)
+  assert ok.returncode == 0, ok.stderr[-3000:]
+  assert 'PSNR' in ok.stdout and 'eval_00000002.json' in ok.stdout
+  bad = subprocess.run([*command, f'--workdir={tmp_path}'], cwd=helpers.REPO,
+                       capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'Traceback' not in bad.stderr
+  assert 'config.json does not exist' in bad.stderr

@@ -1,8 +1,6 @@
 """Tests of daps_jax.metrics, daps_jax.writers and daps_jax.images."""
 
 import json
-import pathlib
-import struct
 
 from absl import logging
 import chex
@@ -11,11 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 import pytest
-from tensorboardX.proto import event_pb2
 
 from daps_jax import images
 from daps_jax import metrics
 from daps_jax import writers
+from tests import helpers
 
 
 # --- metrics -------------------------------------------------------------------
@@ -107,24 +105,6 @@ def test_codebook_usage_on_summed_counts_is_exact():
   np.testing.assert_allclose(usage['codebook/used_fraction_per_position'], (3 / 4 + 2 / 4) / 2)
 
 
-def _read_summaries(tb_dir: pathlib.Path) -> list[tuple[int, str, float | None]]:
-  """(step, tag, scalar or None for an image) from TFRecord event files.
-
-  Records are [u64 length][u32 crc][data][u32 crc]; `tensorboard` is not installed.
-  """
-  found = []
-  for path in sorted(tb_dir.glob('events.out.tfevents.*')):
-    data = path.read_bytes()
-    offset = 0
-    while offset < len(data):
-      (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
-      offset += 12 + length + 4
-      found.extend((event.step, v.tag, v.simple_value if v.HasField('simple_value') else None)
-                   for v in event.summary.value)
-  return found
-
-
 def test_metric_writer_appends_jsonl_and_writes_tensorboard(tmp_path):
   with writers.MetricWriter(tmp_path) as writer:
     writer.write_scalars(1, {'train/loss': np.float32(0.5), 'eval/psnr': jnp.array(20.0)})
@@ -136,7 +116,7 @@ def test_metric_writer_appends_jsonl_and_writes_tensorboard(tmp_path):
       {'step': 1, 'train/loss': 0.5, 'eval/psnr': 20.0},
       {'step': 2, 'train/loss': 0.25, 'bad': None, 'big': None},
   ]
-  summaries = _read_summaries(tmp_path / 'tb')
+  summaries = helpers.read_summaries(tmp_path / 'tb')
   assert (1, 'train/loss', 0.5) in summaries
   assert (2, 'train/loss', 0.25) in summaries
   assert (1, 'eval/psnr', 20.0) in summaries

@@ -2,6 +2,7 @@
 
 import json
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -42,9 +43,11 @@ def runs(tmp_path_factory):
 
 def test_two_step_run_writes_everything(runs):
   resumed, _, first, _ = runs
-  for name in ('config.json', 'metrics.jsonl', 'images/recon_00000002.png'):
+  for name in ('config.json', 'metrics.jsonl', 'images/recon_00000002.png',
+               'images/codebook_00000002.png', 'codes/counts_00000002.npy', 'eval_00000002.json'):
     assert os.path.exists(os.path.join(resumed, name)), name
-  assert os.listdir(os.path.join(resumed, 'tb'))
+  tags = {tag for _, tag, _ in helpers.read_summaries(pathlib.Path(resumed, 'tb'))}
+  assert {'reconstructions', 'codebook', 'eval/psnr', 'eval/ssim'} <= tags
   for key in ('eval/elbo', 'eval/beta_elbo', 'eval/psnr', 'eval/psnr_mean_image',
               'codebook/used_fraction', 'codebook/perplexity', 'dual/eta', 'policy/beta'):
     assert np.isfinite(first[key]), key
@@ -118,9 +121,10 @@ def test_cifar_path_with_mock_tfds_data(tmp_path):
   config.model.encoder_layers = config.model.decoder_layers = 1
   config.model.decoder.embed_dim = 8
   config.model.decoder.channels = 8
+  config.fid.resolution = 75  # FID of RGB, standardised data too (75 px: quick on a CPU).
   with tfds.testing.mock_data(num_examples=20):
     result = train.train_and_evaluate(config, str(tmp_path))
-  assert result['eval/num_examples'] == 20
+  assert result['eval/num_examples'] == 20 and result['eval/fid'] > 0
   assert 0 < result['eval/psnr'] < 60 and 0 < result['eval/psnr_mean_image'] < 60
   assert all(np.isfinite(v) for v in result.values())
   assert os.path.exists(tmp_path / 'images' / 'recon_00000002.png')
