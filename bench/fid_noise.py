@@ -1,6 +1,6 @@
 """FID of a validation set against itself with Gaussian noise of growing strength.
 
-  python bench/fid_noise.py --dataset=mnist_embedded --num_images=1000
+  python -m bench.fid_noise --dataset=mnist_embedded --num_images=1000
 
 A sanity check of the whole FID path (preprocessing, the Inception port,
 feature statistics, the Fréchet distance): the FID of the originals against

@@ -152,12 +152,7 @@ class FeatureStats:
     if count.shape != ():
       raise StatsError(f"sums['count'] must be a scalar, got shape {count.shape}; pass "
                        'one device\'s copy of psummed sums, not the per-device stack.')
-    if total.ndim != 1:
-      raise StatsError(f"sums['sum'] must be [F], got shape {total.shape}.")
-    num_features = total.shape[0]
-    if outer.shape != (num_features, num_features):
-      raise StatsError(f"sums['outer'] must be [F, F] = [{num_features}, {num_features}] "
-                       f"to match sums['sum'], got shape {outer.shape}.")
+    num_features = _check_shapes(total, outer, "sums['sum']", "sums['outer']")
     if self._sum is None:
       self._sum, self._outer = np.zeros_like(total), np.zeros_like(outer)
     elif self._sum.shape != total.shape:
@@ -191,16 +186,23 @@ class FeatureStats:
     return 0.5 * (cov + cov.T)
 
 
+def _check_shapes(vector: np.ndarray, matrix: np.ndarray, vector_name: str,
+                  matrix_name: str) -> int:
+  """Checks vector [F] and matrix [F, F]; returns F."""
+  if vector.ndim != 1:
+    raise StatsError(f'{vector_name} must be [F], got shape {vector.shape}.')
+  num_features = vector.shape[0]
+  if matrix.shape != (num_features, num_features):
+    raise StatsError(f'{matrix_name} must be [F, F] = [{num_features}, {num_features}] to match '
+                     f'{vector_name}, got shape {matrix.shape}.')
+  return num_features
+
+
 def _gaussian(mu, sigma, mu_name: str, sigma_name: str) -> tuple[np.ndarray, np.ndarray]:
   """Validates one (mean [F], covariance [F, F]) pair and returns it as float64."""
   mu = np.asarray(mu, np.float64)
   sigma = np.asarray(sigma, np.float64)
-  if mu.ndim != 1:
-    raise StatsError(f'{mu_name} must be a [F] mean vector, got shape {mu.shape}.')
-  num_features = mu.shape[0]
-  if sigma.shape != (num_features, num_features):
-    raise StatsError(f'{sigma_name} must be [F, F] = [{num_features}, {num_features}] to match '
-                     f'{mu_name}, got shape {sigma.shape}.')
+  _check_shapes(mu, sigma, mu_name, sigma_name)
   for name, value in ((mu_name, mu), (sigma_name, sigma)):
     if not np.all(np.isfinite(value)):
       raise StatsError(f'{name} holds NaN or inf; recompute the statistics (too few rows, '
