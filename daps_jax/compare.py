@@ -103,9 +103,14 @@ def finished(workdir: str, total_steps: int) -> bool:
 
 def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:
   records = _records(workdir)
-  final = _final_eval(records, config.total_steps)
+  final = {k: v for k, v in _final_eval(records, config.total_steps).items() if k != 'step'}
+  # A later `python -m daps_jax.evaluate` of the final checkpoint (e.g. adding FID).
+  evaluated = os.path.join(workdir, f'eval_{config.total_steps:08d}.json')
+  if os.path.exists(evaluated):
+    with open(evaluated) as f:
+      final.update(json.load(f)['metrics'])
   return report.Run(method=config.method.name, seed=seed_offset,
-                    final={k: v for k, v in final.items() if k != 'step'}, curve=records,
+                    final=final, curve=records,
                     code_counts=np.load(_counts_path(workdir, config.total_steps)),
                     bits=config_lib.bits_per_input(config))
 

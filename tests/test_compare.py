@@ -47,10 +47,19 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
 
   metrics = os.path.join(workdir, 'fsq', 'seed_1', 'metrics.jsonl')
   size = os.path.getsize(metrics)
+  # A later `evaluate` of a final checkpoint (here faked) adds FID to the table.
+  for i, fid in enumerate((12.0, 14.0)):
+    with open(os.path.join(workdir, 'fsq', f'seed_{i}', 'eval_00000002.json'), 'w') as f:
+      json.dump({'metrics': {'eval/fid': fid}}, f)
   again = _compare(workdir, '--methods=daps_na,fsq', '--seeds=2')
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count('skipped') == 4
   assert os.path.getsize(metrics) == size  # Nothing retrained.
+  with open(os.path.join(workdir, 'results.csv')) as f:
+    rows = {row['method']: row for row in csv.DictReader(f)}
+  assert float(rows['fsq']['eval/fid_mean']) == 13.0 and rows['daps_na']['eval/fid_mean'] == ''
+  assert 'reconstructions vs the test originals (rfid)' in open(
+      os.path.join(workdir, 'results.md')).read()
 
 
 def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
