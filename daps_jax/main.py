@@ -25,8 +25,14 @@ from daps_jax.fid import weights
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py:method=daps.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and images.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False,
-                                 'Call jax.distributed.initialize() (multi-host TPU pods, SLURM).')
+_DISTRIBUTED = flags.DEFINE_bool(
+    'distributed', False, 'Call jax.distributed.initialize() with JAX\'s cluster detection '
+    '(multi-host TPU pods, SLURM); implied by --coordinator_address.')
+_COORDINATOR = flags.DEFINE_string(
+    'coordinator_address', None, 'HOST:PORT of process 0, for processes started by hand '
+    '(launch/local_multiprocess.sh); needs --num_processes and --process_id.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the job.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, in [0, num_processes).')
 _CACHE_DIR = flags.DEFINE_string(
     'compilation_cache_dir', os.path.expanduser('~/.cache/daps_jax/xla'),
     'Persistent XLA compilation cache ("" disables it).')
@@ -43,14 +49,21 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_QuietCheckpointing())
-  if _DISTRIBUTED.value:
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if any(v is not None for v in explicit):
+    if any(v is None for v in explicit):
+      raise app.UsageError('--coordinator_address, --num_processes and --process_id go '
+                           'together; give all three (or --distributed to auto-detect).')
+    jax.distributed.initialize(*explicit)
+  elif _DISTRIBUTED.value:
     jax.distributed.initialize()
   if _CACHE_DIR.value:
     jax.config.update('jax_compilation_cache_dir', _CACHE_DIR.value)
     jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-  logging.info('JAX %s on %s: %d processes, %d devices.', jax.__version__,
-               jax.default_backend(), jax.process_count(), jax.device_count())
+  logging.info('JAX %s on %s: process %d of %d, %d local devices, %d global devices.',
+               jax.__version__, jax.default_backend(), jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,

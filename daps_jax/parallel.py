@@ -12,6 +12,7 @@ import chex
 import jax
 import numpy as np
 from flax import jax_utils
+from jax.experimental import multihost_utils
 
 AXIS = 'devices'
 
@@ -23,6 +24,19 @@ def local_device_count() -> int:
 def is_writer() -> bool:
   """Only process 0 writes logs, TensorBoard and images."""
   return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches this point (a no-op with one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def all_processes(flag: bool) -> bool:
+  """True when `flag` is true on every process (so all take the same branch)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def process_batch_size(global_batch: int) -> int:

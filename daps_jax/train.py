@@ -62,8 +62,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   spec = data.get_spec(config.data.name)
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  logging.info('Devices: %d local, %d global, %d processes.', jax.local_device_count(),
-               jax.device_count(), jax.process_count())
+  logging.info('Topology: process %d of %d, %d local devices, %d global devices; global batch '
+               '%d = %d per process = %d per device.', jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count(), config.batch_size,
+               parallel.process_batch_size(config.batch_size),
+               config.batch_size // jax.device_count())
 
   networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
   method = build.method(config, networks, spec.image_shape)
@@ -125,4 +128,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # Also on errors: finish the checkpoint being written and flush the logs.
     ckpt.close()
     writer.close()
+  parallel.barrier('train_and_evaluate')  # No process exits while others still save.
   return eval_metrics

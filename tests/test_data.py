@@ -207,6 +207,33 @@ def test_train_loader_process_shards_disjoint(mock_tfds):
   assert not seen[0] & seen[1]
 
 
+@pytest.mark.parametrize('process_count', [2, 3])
+def test_processes_read_the_global_batch_row_for_row_and_resume_on_other_counts(
+    process_count):
+  """Concatenating the processes' batches gives the 1-process global batch, in order;
+  a state saved by 1 process restores on `process_count` processes (and back)."""
+  kwargs = dict(data_dir=None, seed=4)
+  whole = data.train_loader('mnist_embedded', batch_size=6, **kwargs)
+  expected = np.stack(_take(whole, 5))  # [5, 6, 28, 28, 1]: 5 global batches.
+  parts = [data.train_loader('mnist_embedded', batch_size=6 // process_count,
+                             process_index=p, process_count=process_count, **kwargs)
+           for p in range(process_count)]
+  got = np.concatenate([np.stack(_take(part, 5)) for part in parts], axis=1)
+  np.testing.assert_array_equal(got, expected)
+  assert len({json.dumps(part.get_state()) for part in parts}) == 1
+  # Resume: 1 process read 2 batches; P processes continue from its state, and back.
+  one = data.train_loader('mnist_embedded', batch_size=6, **kwargs)
+  _take(one, 2)
+  state = json.loads(json.dumps(one.get_state()))
+  for part in parts:
+    part.set_state(state)
+  got = np.concatenate([np.stack(_take(part, 3)) for part in parts], axis=1)
+  np.testing.assert_array_equal(got, expected[2:])
+  back = data.train_loader('mnist_embedded', batch_size=6, **kwargs)
+  back.set_state(json.loads(json.dumps(parts[0].get_state())))
+  np.testing.assert_array_equal(_take(back, 1)[0], _take(whole, 1)[0])  # Global batch 6.
+
+
 def test_train_loader_workers_resume():
   kwargs = dict(data_dir=None, batch_size=16, seed=0, worker_count=1)
   loader = data.train_loader('mnist_embedded', **kwargs)
@@ -231,7 +258,7 @@ def test_eval_batches_cover_each_example_once(process_count):
     source = data.get_source(name, spec.eval_split, None)
     expected = sorted(_keys(np.stack([preprocess.eval_image(source[i], spec)
                                       for i in range(n)])))
-    seen = []
+    seen, parts = [], []
     for p in range(process_count):
       batches = list(data.eval_batches(name, data_dir=None, batch_size=batch_size,
                                        process_index=p, process_count=process_count))
@@ -241,6 +268,11 @@ def test_eval_batches_cover_each_example_once(process_count):
         assert batch['image'].dtype == np.float32 and batch['mask'].dtype == bool
         assert not batch['image'][~batch['mask']].any()
         seen += _keys(batch['image'][batch['mask']])
+      parts.append(np.stack([b['image'] for b in batches]))
+    # Rows in global order: process p holds rows [p b, (p + 1) b) of each global batch.
+    rows = np.concatenate(parts, axis=1).reshape(-1, 32, 32, 3)[:n]
+    np.testing.assert_array_equal(
+        rows, np.stack([preprocess.eval_image(source[i], spec) for i in range(n)]))
   assert sorted(seen) == expected
 
 

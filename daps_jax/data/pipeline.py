@@ -1,10 +1,13 @@
 """grain input pipelines: an endless, resumable train stream and eval batches.
 
 Train: source -> shuffle (new order every epoch, from ``seed``) -> repeat ->
-preprocess (augmentation seeded by the global stream position) -> shard by
-process -> batch. Every process must pass the same ``seed``: the processes
-then read disjoint strided slices of one global stream, and a resumed
-iterator reproduces the batches of an uninterrupted run.
+preprocess (augmentation seeded by the global stream position) -> this
+process's rows of every global batch -> batch. Every process must pass the same
+``seed``: global batch k is examples [k B, (k + 1) B) of one global stream, and
+process p of P reads its contiguous block [k B + p b, k B + (p + 1) b) (b = B /
+P). So the global batch, row for row, does not depend on the number of
+processes, and the iterator state (batches read) is the same on every process:
+a run can resume on another process count with the same global batch.
 
 Eval: the full eval split in order, no augmentation, strided over processes,
 the last batches padded so that every process yields the same number.
@@ -27,6 +30,34 @@ Batch = dict[str, np.ndarray]
 # the stream does not depend on worker_count). grain's default buffer of 500
 # would hold ~25 GB of ImageNet batches of 64.
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=4)
+
+
+class _ProcessRows(grain.MapDataset):
+  """Process p's rows of each global batch of ``parent``.
+
+  Local example m is global example (m // b) * B + p * b + m % b, with b the
+  per-process batch and B = b * process_count. With ``num_batches``, the
+  dataset has num_batches * b examples and those past the parent's end are
+  ``padding``.
+  """
+
+  def __init__(self, parent: grain.MapDataset, *, batch_size: int, process_index: int,
+               process_count: int, num_batches: int | None = None, padding: Any = None):
+    super().__init__(parent)
+    self._batch, self._index, self._count = batch_size, process_index, process_count
+    self._num_batches, self._padding = num_batches, padding
+
+  def __len__(self) -> int:
+    if self._num_batches is not None:
+      return self._num_batches * self._batch
+    return len(self._parent) // self._count
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    block, row = divmod(index, self._batch)
+    position = (block * self._count + self._index) * self._batch + row
+    return self._parent[position] if position < len(self._parent) else self._padding
 
 
 class TrainLoader:
@@ -68,7 +99,8 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
   Args:
     name: a dataset of ``preprocess.SPECS``.
     data_dir: tfds data_dir or folder of IDX files (unused by mnist_embedded).
-    batch_size: examples per batch on this process.
+    batch_size: examples per batch on this process (the global batch over
+      ``process_count``).
     seed: shuffle and augmentation seed, the same on every process.
     process_index: this process, in [0, process_count).
     process_count: number of processes sharing the stream.
@@ -86,7 +118,8 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
     ds = ds.random_map(lambda ex, rng: {'image': preprocess.train_image(ex, spec, rng)})
   else:
     ds = ds.map(lambda ex: {'image': preprocess.eval_image(ex, spec)})
-  ds = ds.slice(slice(process_index, None, process_count))
+  ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
+                    process_count=process_count)
   iter_ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(_READ_OPTIONS)
   if worker_count > 0:
     # grain's workers read an absl flag; outside app.run nothing parsed them.
@@ -107,10 +140,12 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
                  process_count: int = 1) -> Iterator[Batch]:
   """The eval split of dataset ``name``, once, for this process.
 
-  Process p reads examples p, p + P, p + 2P, ... (P = process_count). Every
-  process yields ``ceil(N / (batch_size * P))`` batches, so they can join a
-  collective per batch; pad slots hold zero images with mask False. Missing
-  data raises here, not at the first batch.
+  Global batch k is examples [k B, (k + 1) B) (B = batch_size * P, P =
+  process_count), and process p reads rows [p b, (p + 1) b) of it, as in
+  training: the global batch does not depend on P. Every process yields
+  ``ceil(N / B)`` batches, so they can join a collective per batch; slots past
+  the end hold zero images with mask False. Missing data raises here, not at
+  the first batch.
 
   Returns:
     An iterator of ``{'image': float32 [batch_size, *spec.image_shape],
@@ -121,23 +156,9 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
   spec = preprocess.get_spec(name)
   source = get_source(name, spec.eval_split, data_dir)
   num_batches = math.ceil(len(source) / (batch_size * process_count))
+  padding = {'image': np.zeros(spec.image_shape, np.float32), 'mask': False}
   ds = (grain.MapDataset.source(source)
-        .slice(slice(process_index, None, process_count))
-        .map(lambda ex: preprocess.eval_image(ex, spec))
-        .batch(batch_size)
-        .to_iter_dataset(_READ_OPTIONS))
-  return _padded(iter(ds), num_batches, batch_size, spec.image_shape)
-
-
-def _padded(images: Iterator[np.ndarray], num_batches: int, batch_size: int,
-            image_shape: tuple[int, ...]) -> Iterator[Batch]:
-  """Pads each batch of ``images`` to ``batch_size`` rows and the stream to
-  ``num_batches`` batches, with zero images and mask False."""
-  for _ in range(num_batches):
-    batch = np.zeros((batch_size, *image_shape), np.float32)
-    mask = np.zeros((batch_size,), bool)
-    real = next(images, None)
-    if real is not None:
-      batch[:len(real)] = real
-      mask[:len(real)] = True
-    yield {'image': batch, 'mask': mask}
+        .map(lambda ex: {'image': preprocess.eval_image(ex, spec), 'mask': True}))
+  ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
+                    process_count=process_count, num_batches=num_batches, padding=padding)
+  return iter(ds.batch(batch_size).to_iter_dataset(_READ_OPTIONS))

@@ -95,9 +95,9 @@ class FidScorer:
                           weights=weights.CHECKSUM, num_examples=num_examples)
       self._cache = statistics.cache_path(
           fid_config.stats_dir or statistics.default_stats_dir(), **self._fields)
-      self._reference = statistics.load_stats(self._cache, self._fields)
-      if self._reference is not None:
-        self._reference = self._reference[:2]
+      cached = statistics.load_stats(self._cache, self._fields)
+      # Processes with their own disks may differ; all must make the same device calls.
+      self._reference = cached[:2] if parallel.all_processes(cached is not None) else None
       reference = f'{spec.name} {spec.eval_split} originals ({num_examples}), {self._cache}'
     self.protocol = Protocol(fid_config.protocol, fid_config.resolution, weights.CHECKSUM,
                              reference)
