@@ -106,9 +106,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return result.metrics
 
   try:
+    metrics = None
     for step in range(start_step + 1, config.total_steps + 1):
       batch = parallel.shard(next(loader))
-      state, metrics = p_train_step(state, batch, rng_loop)
+      previous, (state, metrics) = metrics, p_train_step(state, batch, rng_loop)
+      # At most two steps in flight: an unbounded queue of dispatched steps can starve
+      # the collectives of XLA's CPU devices (a rendezvous timeout), and buys nothing.
+      jax.block_until_ready(previous)
       final = step == config.total_steps
       steps_per_sec = progress(step)
       if step % config.log_every_steps == 0 or final:
