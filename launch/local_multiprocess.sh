@@ -119,24 +119,8 @@ if [[ ! "${PORT}" =~ ^[0-9]+$ ]]; then
   exit 2
 fi
 
-# Prints its arguments as one shell command line: words with special characters single-quoted.
-quoted() {
-  local out="" arg safe='^[-A-Za-z0-9_./:=,+@%]+$'
-  for arg in "$@"; do
-    if [[ "${arg}" =~ ${safe} ]]; then
-      out+="${arg} "
-    else
-      out+="'${arg//\'/\'\\\'\'}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-run() {
-  echo "+ $(quoted "$@")"
-  if [[ "${DRY_RUN}" != 1 ]]; then
-    "$@"
-  fi
-}
+# shellcheck source-path=SCRIPTDIR/..
+source launch/common.sh
 
 echo "Starting ${NUM_PROCESSES} processes of daps_jax.main (${PLATFORM}, ${DEVICES_PER_PROCESS} device(s) each), coordinator localhost:${PORT}, logs ${LOG_DIR}/process_<i>.log (process 0's shown here)."
 run mkdir -p "${LOG_DIR}"

@@ -30,12 +30,8 @@ if [[ $# -eq 0 ]]; then
 fi
 
 cd "$(dirname "$0")/.."
-run() {
-  echo "+ $*"
-  if [[ "${DRY_RUN}" != 1 ]]; then
-    "$@"
-  fi
-}
+# shellcheck source-path=SCRIPTDIR/..
+source launch/common.sh
 if [[ ! -x "${VENV}/bin/python" ]]; then
   run python3 -m venv "${VENV}"
 fi

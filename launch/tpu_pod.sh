@@ -82,24 +82,8 @@ REMOTE_DIR="${REMOTE_DIR#\~/}"  # The remote shell starts in the home directory.
 read -r -a create_flags <<< "${CREATE_FLAGS}"
 
 cd "$(dirname "$0")/.."
-# Prints its arguments as one shell command line: words with special characters single-quoted.
-quoted() {
-  local out="" arg safe='^[-A-Za-z0-9_./:=,+@%]+$'
-  for arg in "$@"; do
-    if [[ "${arg}" =~ ${safe} ]]; then
-      out+="${arg} "
-    else
-      out+="'${arg//\'/\'\\\'\'}' "
-    fi
-  done
-  printf '%s\n' "${out% }"
-}
-run() {
-  echo "+ $(quoted "$@")"
-  if [[ "${DRY_RUN}" != 1 ]]; then
-    "$@"
-  fi
-}
+# shellcheck source-path=SCRIPTDIR/..
+source launch/common.sh
 if [[ "${DRY_RUN}" != 1 ]] && ! command -v gcloud >/dev/null; then
   echo "gcloud not found: install the Google Cloud CLI (https://cloud.google.com/sdk/docs/install)." >&2
   exit 2

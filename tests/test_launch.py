@@ -49,7 +49,7 @@ def _after(words, *prefix):
   raise AssertionError(f'{prefix} not in {words}')
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
+@pytest.mark.parametrize('script', (*SCRIPTS, 'common.sh'))
 def test_shellcheck(script):
   if shutil.which('shellcheck') is None:
     pytest.fail('shellcheck is not installed: apt-get install shellcheck')
@@ -420,5 +420,5 @@ def test_single_host_dry_run_still_works():
   result = _launch('single_host.sh', '--dry-run', '--config=configs/mnist.py',
                    ACCELERATOR='tpu', VENV='/nonexistent/venv')
   assert result.returncode == 0, result.stderr
-  assert "+ /nonexistent/venv/bin/pip install --quiet -e .[tpu]" in result.stdout
+  assert "+ /nonexistent/venv/bin/pip install --quiet -e '.[tpu]'" in result.stdout
 
