@@ -23,6 +23,7 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import parallel
 from daps_jax.fid import scorer
+from daps_jax.fid import weights
 
 _DATASET = flags.DEFINE_string('dataset', 'mnist_embedded', 'A dataset of daps_jax.data.SPECS.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Its data directory.')
@@ -49,7 +50,7 @@ def main(argv):
   fid_config.stats_dir = tempfile.mkdtemp()  # Keep these statistics out of the eval cache.
   # Originals are passed in [0, 1]: a spec without standardisation leaves them as they are.
   spec = dataclasses.replace(data.get_spec(_DATASET.value), mean=None, std=None)
-  fid = scorer.FidScorer(fid_config, spec, num_examples=len(originals))
+  fid = scorer.FidScorer(fid_config, spec, num_examples=len(originals), params=weights.load())
   noise = np.random.default_rng(0).normal(size=originals.shape).astype(np.float32)
   print(f'{_DATASET.value}: {len(originals)} images, Inception at {_RESOLUTION.value}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}')

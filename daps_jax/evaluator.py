@@ -68,13 +68,21 @@ class Evaluator:
     self.fid = None
     if fid == 'off':
       return
-    num_examples = data.num_eval_examples(config.data.name, config.data.dir)
     try:
-      self.fid = scorer.FidScorer(config.fid, spec, num_examples)
+      params, error = weights.load(config.fid.weights), None
     except weights.WeightsError as e:
+      params, error = None, e
+    # Every process must take the same branch: the FID pass has collectives.
+    if not parallel.all_processes(params is not None):
+      error = error or weights.WeightsError(
+          'Another process has no Inception weights; run python -m daps_jax.fid.weights on '
+          'every host (or share the file via --config.fid.weights).')
       if fid == 'required' or config.fid.weights:
-        raise
-      logging.warning('No FID in this run: %s', e)
+        raise error
+      logging.warning('No FID in this run: %s', error)
+      return
+    num_examples = data.num_eval_examples(config.data.name, config.data.dir)
+    self.fid = scorer.FidScorer(config.fid, spec, num_examples, params)
 
   def __call__(self, state, step: int, *, with_fid: bool = True) -> Result:
     """Evaluates the device-replicated `state` at `step` on the validation split."""
@@ -216,7 +224,7 @@ def evaluate_run(workdir: str, *, step: int | None = None,
     ckpt.close()
 
   evaluator = Evaluator(config, networks, method, spec,
-                                      fid='required' if 'fid' in metrics else 'off')
+                        fid='required' if 'fid' in metrics else 'off')
   result = evaluator(parallel.replicate(state), step, with_fid='fid' in metrics)
   result = result._replace(metrics=select(result.metrics, metrics))
   if 'codebook' not in metrics:

@@ -116,7 +116,7 @@ def test_fid_is_zero_on_itself_and_grows_with_noise(tmp_path):
   config = helpers.tiny_config()
   config.fid.resolution, config.fid.stats_dir = 75, str(tmp_path)
   spec = data.get_spec('mnist_embedded')  # to_unit is the identity: grey digits pass as they are.
-  fid = scorer.FidScorer(config.fid, spec, num_examples=200)
+  fid = scorer.FidScorer(config.fid, spec, num_examples=200, params=weights.load())
   originals = _digits(200)
   assert abs(_fid_of(fid, originals, originals)) < 1e-3
   noise = np.random.default_rng(0).normal(size=originals.shape).astype(np.float32)

@@ -74,15 +74,15 @@ class Protocol:
 class FidScorer:
   """The Inception network on the devices, and the reference of a protocol."""
 
-  def __init__(self, fid_config, spec: data.DatasetSpec, num_examples: int):
-    """Loads the weights (and the reference statistics) or raises.
+  def __init__(self, fid_config, spec: data.DatasetSpec, num_examples: int, params):
+    """Puts the Inception `params` (`weights.load()`) on the devices and loads the
+    reference statistics.
 
     Raises:
-      weights.WeightsError: the Inception weights are missing or corrupt (the
-        message names the command that creates them).
-      ValueError: the authors' reference file is missing or malformed.
+      statistics.StatsError: the authors' reference file or the cached
+        statistics are missing keys, malformed or made for other settings.
     """
-    self._params = parallel.replicate(weights.load(fid_config.weights))
+    self._params = parallel.replicate(params)
     self._spec = spec
     self._step = parallel.pmap_mapped(feature_sums_step, resolution=fid_config.resolution,
                                       chunk_size=fid_config.chunk_size)
