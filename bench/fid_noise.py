@@ -16,7 +16,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import ml_collections
 import numpy as np
 
 from daps_jax import config_lib
@@ -44,13 +43,13 @@ def _images(name: str, data_dir: str | None, num: int) -> np.ndarray:
 
 def main(argv):
   del argv
-  fid_config = ml_collections.ConfigDict(config_lib.base_config().fid.to_dict())
-  fid_config.resolution = _RESOLUTION.value
   originals = _images(_DATASET.value, _DATA_DIR.value, _NUM.value)
-  fid_config.stats_dir = tempfile.mkdtemp()  # Keep these statistics out of the eval cache.
   # Originals are passed in [0, 1]: a spec without standardisation leaves them as they are.
   spec = dataclasses.replace(data.get_spec(_DATASET.value), mean=None, std=None)
-  fid = scorer.FidScorer(fid_config, spec, num_examples=len(originals), params=weights.load())
+  fid = scorer.FidScorer(weights.load(), spec=spec, num_examples=len(originals), protocol='rfid',
+                         resolution=_RESOLUTION.value,
+                         chunk_size=config_lib.base_config().fid.chunk_size,
+                         stats_dir=tempfile.mkdtemp())  # Keep these statistics out of the cache.
   noise = np.random.default_rng(0).normal(size=originals.shape).astype(np.float32)
   print(f'{_DATASET.value}: {len(originals)} images, Inception at {_RESOLUTION.value}, '
         f'{jax.device_count()} x {jax.devices()[0].device_kind}')
@@ -60,7 +59,7 @@ def main(argv):
     noisy = np.clip(originals + sigma * noise, 0.0, 1.0)
     fid.begin()
     for i in range(0, len(originals), _BATCH.value):
-      batch = {'image': originals[i:i + _BATCH.value], 'mask': np.ones(_BATCH.value, bool)}
+      batch = {'inputs': originals[i:i + _BATCH.value], 'mask': np.ones(_BATCH.value, bool)}
       fid.add(parallel.shard(noisy[i:i + _BATCH.value]), batch)
     print(f'| {sigma:g} | {fid.result():.3f} | {time.time() - start:.1f} |')
 

@@ -6,7 +6,7 @@
 
 For each config x method this builds the state and the step exactly as
 `daps_jax.train` does (`parallel.pmap_step(method.train_step, donate_state=True)`)
-and feeds it synthetic model-space images from a fixed numpy generator: binary
+and feeds it synthetic model-space inputs from a fixed numpy generator: binary
 pixels for Bernoulli datasets, standard normal ones for Gaussian datasets. It
 times (1) init: `create_state` under `jax.jit` (compile included) plus
 replication onto the devices, (2) compile: the first call of the step, traced,
@@ -17,11 +17,10 @@ Each case runs in a fresh Python process by default (`--isolate`), so its
 compile is cold and its peak host memory (ru_maxrss) is its own. The persistent
 XLA compilation cache is switched off: compile times are real.
 
-On CPU the default batch is the one of the speed anchor (spec section 8: the
-authors' code on the 2-core CPU machine), so the speed-up columns compare like
-with like; elsewhere it is the config's batch. Results go to one JSON file
-(`bench/results/<platform>.json` by default) and a table on stdout; see
-bench/README.md for the columns.
+On CPU the default batch is `CPU_BATCH`, a small one per dataset that a 2-core
+CPU times in seconds to minutes; elsewhere, or with `--paper_batch`, it is the
+config's batch. Results go to one JSON file (`bench/results/<platform>.json` by
+default) and a table on stdout; see bench/README.md for the columns.
 """
 
 import datetime
@@ -49,6 +48,7 @@ import numpy as np
 from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
+from daps_jax import methods
 from daps_jax import parallel
 from daps_jax import state as state_lib
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -56,12 +56,12 @@ from daps_jax import state as state_lib
 _CONFIGS = flags.DEFINE_list('configs', ['mnist', 'cifar10', 'imagenet'],
                              'Config files in configs/, without .py.')
 _METHODS = flags.DEFINE_list('methods', ['daps', 'daps_na'],
-                             f'Methods to time, of {", ".join(config_lib.METHODS)}.')
+                             f'Methods to time, of {", ".join(methods.NAMES)}.')
 _BATCH_SIZE = flags.DEFINE_integer(
-    'batch_size', None, 'Global batch for every case (default: the speed-anchor batch on CPU, '
-    "else the config's).")
+    'batch_size', None, "Global batch for every case (default: CPU_BATCH on CPU, else the "
+    "config's).")
 _PAPER_BATCH = flags.DEFINE_bool('paper_batch', False,
-                                 "Use the config's batch on CPU too, not the anchor's.")
+                                 "Use the config's batch on CPU too, not CPU_BATCH.")
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after the first (compiling) call.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the parameters, latents and synthetic images.')
@@ -75,17 +75,9 @@ _ISOLATE = flags.DEFINE_bool(
 _RECORD_OUT = flags.DEFINE_string('record_out', None,
                                   'Internal: where an isolated child writes its records.')
 
-# Spec section 8: the authors' code, one jitted DAPS step with K=8, 2-core CPU, jax 0.10.2.
-# Keyed by (dataset, global batch).
-ANCHORS = {
-    ('mnist', 256): {'compile_s': 13.2, 'sec_per_step': 0.72},
-    ('cifar10', 32): {'compile_s': 31.7, 'sec_per_step': 3.16},
-    ('imagenet2012', 2): {'compile_s': 170.0, 'sec_per_step': 18.2, 'peak_host_gb': 8.2},
-}
-ANCHOR_NUM_SAMPLES = 8
-# Targets: step speed-up per dataset, and a quarter of the anchor's compile time.
-STEP_GOALS = {'mnist': 3.0, 'cifar10': 3.0, 'imagenet2012': 10.0}
-COMPILE_GOAL = 4.0
+# Default global batch on CPU per dataset (config.data.name): small enough that a 2-core CPU
+# runs a few steps in seconds (MNIST) to minutes (ImageNet). Other datasets keep their config's.
+CPU_BATCH = {'mnist': 256, 'cifar10': 32, 'imagenet2012': 2}
 
 _GB = 1e9
 _COMPILE_EVENTS = {  # jax.monitoring duration events -> record fields.
@@ -142,55 +134,29 @@ def load_config(name: str, method: str):
 
 
 def choose_batch(config, platform_name: str, batch_size: int | None, paper_batch: bool) -> int:
-  """--batch_size, else the anchor's batch on CPU (unless --paper_batch), else the config's."""
+  """--batch_size, else CPU_BATCH on CPU (unless --paper_batch), else the config's."""
   if batch_size:
     return batch_size
   if platform_name == 'cpu' and not paper_batch:
-    for (dataset, anchor_batch) in ANCHORS:
-      if dataset == config.data.name:
-        return anchor_batch
+    return CPU_BATCH.get(config.data.name, config.batch_size)
   return config.batch_size
 
 
 def synthetic_batch(spec: data.DatasetSpec, batch_size: int, seed: int) -> dict:
-  """{'image': [B, H, W, C] float32} in model space, from a fixed numpy generator."""
+  """{'inputs': [B, *spec.shape] float32} in model space, from a fixed numpy generator."""
   rng = np.random.default_rng(seed)
-  shape = (batch_size, *spec.image_shape)
+  shape = (batch_size, *spec.shape)
   if spec.likelihood == 'bernoulli':
-    images = (rng.random(shape) < 0.5).astype(np.float32)
+    x = (rng.random(shape) < 0.5).astype(np.float32)
   elif spec.likelihood == 'gaussian':
-    images = rng.standard_normal(shape, dtype=np.float32)
+    x = rng.standard_normal(shape, dtype=np.float32)
   else:
     raise ValueError(f'No synthetic inputs for likelihood {spec.likelihood!r}.')
-  return {'image': images}
-
-
-def on_devices(batch: dict) -> dict:
-  """Host batch -> [devices, B / devices, ...] arrays placed as the pmapped step expects."""
-  devices = jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (parallel.AXIS,)),
-                                        jax.sharding.PartitionSpec(parallel.AXIS))
-  return jax.device_put(parallel.shard(batch, len(devices)), sharding)
+  return {'inputs': x}
 
 
 def num_params(tree) -> int:
-  return int(sum(np.prod(x.shape[1:]) for x in jax.tree.leaves(tree)))  # Drop the device axis.
-
-
-def anchor_comparison(record: dict) -> dict:
-  """Speed-ups over spec section 8 for the same dataset, batch and K on CPU; {} if none."""
-  anchor = ANCHORS.get((record['dataset'], record['batch_size']))
-  if (anchor is None or record['platform'] != 'cpu'
-      or record['num_samples'] != ANCHOR_NUM_SAMPLES):
-    return {}
-  result = {'anchor': anchor,
-            'step_speedup': anchor['sec_per_step'] / record['sec_per_step'],
-            'compile_speedup': anchor['compile_s'] / record['compile_s']}
-  result['meets_step_goal'] = result['step_speedup'] >= STEP_GOALS[record['dataset']]
-  result['meets_compile_goal'] = result['compile_speedup'] >= COMPILE_GOAL
-  if 'peak_host_gb' in anchor:
-    result['memory_ratio'] = record['peak_host_gb'] / anchor['peak_host_gb']
-  return result
+  return int(sum(x.size for x in jax.tree.leaves(tree)))
 
 
 def time_case(config_name: str, method: str, *, batch_size: int | None, paper_batch: bool,
@@ -201,24 +167,23 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
   num_devices = jax.local_device_count()
   config_batch_size = config.batch_size
   config.batch_size = choose_batch(config, platform_name, batch_size, paper_batch)
+  config.seed = seed
   config_lib.validate(config, num_devices=num_devices)
-  spec = data.get_spec(config.data.name)
   rss_start = peak_host_gb()
 
   # (1) Init, as in train.py: jit(create_state), then one copy per device.
   timer.reset()
   start = time.perf_counter()
-  networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  method_fns = build.method(config, networks, spec.image_shape)
-  txs = build.optimizers(config)
-  rng_init, rng_loop = jax.random.split(jax.random.key(seed))
-  state = jax.jit(lambda r: state_lib.create_state(
-      r, networks, txs, image_shape=spec.image_shape, init_aux=method_fns.init_aux))(rng_init)
-  state = jax.block_until_ready(parallel.replicate(jax.device_get(state)))
+  run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  spec = run.spec
+  _, rng_loop, _ = state_lib.run_keys(seed)
+  host_state = run.initial_state()
+  state = jax.block_until_ready(parallel.replicate(host_state))
   init_s = time.perf_counter() - start
 
-  p_step = parallel.pmap_step(method_fns.train_step, donate_state=True)
-  batch = jax.block_until_ready(on_devices(synthetic_batch(spec, config.batch_size, seed)))
+  p_step = parallel.pmap_step(run.method.train_step, donate_state=True)
+  batch = jax.block_until_ready(
+      parallel.device_batch(synthetic_batch(spec, config.batch_size, seed)))
 
   # (2) Compile: the first call, cold, through the same entry point the trainer uses.
   timer.reset()
@@ -239,7 +204,7 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
   elapsed = time.perf_counter() - start
   recompiles = timer.xla_compiles
 
-  host_metrics = {k: float(np.asarray(v)[0]) for k, v in jax.device_get(metrics).items()}
+  host_metrics = {k: float(v) for k, v in parallel.unreplicate(metrics).items()}
   device = jax.local_devices()[0]
   m = config.model
   record = {
@@ -248,11 +213,11 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
       'jax_version': jax.__version__,
       'batch_size': config.batch_size, 'per_device_batch': config.batch_size // num_devices,
       'config_batch_size': config_batch_size,
-      'image_shape': list(spec.image_shape), 'likelihood': spec.likelihood,
+      'image_shape': list(spec.shape), 'likelihood': spec.likelihood,
       'num_samples': config.method.num_samples, 'num_tokens': m.num_tokens,
       'vocab_size': m.vocab_size, 'width': m.width, 'decoder': m.decoder.kind,
-      'encoder_params': num_params(state.encoder.params),
-      'decoder_params': num_params(state.decoder.params),
+      'encoder_params': num_params(host_state.encoder.params),
+      'decoder_params': num_params(host_state.decoder.params),
       'init_s': init_s, 'compile_s': compile_s, **compile_parts,
       'steps': num_steps, 'warmup': warmup,
       'sec_per_step': elapsed / num_steps, 'steps_per_s': num_steps / elapsed,
@@ -264,7 +229,6 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
       'elbo_train': host_metrics.get('elbo/train'),
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
   }
-  record.update(anchor_comparison(record))
   return record
 
 
@@ -314,7 +278,6 @@ def machine_header(records: list[dict]) -> dict:
                             'dir': jax.config.jax_compilation_cache_dir},
       'isolated_processes': _ISOLATE.value,
       'command': ' '.join([os.path.basename(sys.executable), *sys.argv]),
-      'anchor': 'spec section 8: authors\' code, 2-core CPU, jax 0.10.2, K=8',
   }
 
 
@@ -350,7 +313,6 @@ def format_table(records: list[dict]) -> str:
       ('init s', 'init_s', '{:.1f}'), ('compile s', 'compile_s', '{:.1f}'),
       ('xla s', 'xla_compile_s', '{:.1f}'), ('s/step', 'sec_per_step', '{:.3f}'),
       ('steps/s', 'steps_per_s', '{:.2f}'), ('img/s', 'images_per_s', '{:.0f}'),
-      ('x step', 'step_speedup', '{:.2f}'), ('x compile', 'compile_speedup', '{:.2f}'),
       ('host GB', 'peak_host_gb', '{:.2f}'), ('dev GB', 'device_peak_gb', '{:.2f}')]
   rows = [[title for title, _, _ in columns]]
   for r in records:
@@ -377,8 +339,8 @@ def main(argv):
   if _STEPS.value < 1 or _WARMUP.value < 0:
     raise app.UsageError('--steps must be >= 1 and --warmup >= 0.')
   for name in _METHODS.value:
-    if name not in config_lib.METHODS:
-      raise app.UsageError(f'Unknown method {name!r}; valid: {", ".join(config_lib.METHODS)}.')
+    if name not in methods.NAMES:
+      raise app.UsageError(f'Unknown method {name!r}; valid: {", ".join(methods.NAMES)}.')
   cases = [(c, m) for c in _CONFIGS.value for m in _METHODS.value]
   for config_name, method in cases:
     try:

@@ -1,8 +1,8 @@
 """MNIST, binarised (x > 127), Bernoulli decoder: L=8, V=256, D=64 (64 bits).
 
 Arguments (after a colon, comma separated):
-  method=NAME   daps (default), daps_na, gumbel, gumbel_na, grmck, grmck_na,
-                vqvae, fsq or ppo, with the settings of spec section 5.
+  method=NAME   any of daps_jax.methods.NAMES (default daps), with its
+                settings of spec section 5 (in its module, daps_jax/methods/).
   short         settings for runs of a few thousand steps on a CPU: batch 64,
                 learning rate 1e-3, and for DAPS eta starting at 1 with a dual
                 learning rate of 1e-2 (a short run cannot wait for eta to decay
@@ -13,19 +13,7 @@ Example: --config=configs/mnist.py:method=daps_na
 """
 
 from daps_jax import config_lib
-
-# Per-method settings of spec section 5.
-_METHODS = {
-    'daps': dict(ess_target=0.33, beta=(0.5, 0.01)),
-    'daps_na': dict(ess_target=0.5, beta=(0.5, 0.01)),
-    'gumbel': dict(beta=(0.5, 0.01), tau=(1.0, 1.0)),
-    'gumbel_na': dict(beta=(1.0, 1.0), tau=(1.0, 0.1)),
-    'grmck': dict(beta=(1.0, 1.0), tau=(1.0, 0.75), num_gumbels=100),
-    'grmck_na': dict(beta=(1.0, 1.0), tau=(1.0, 0.75), num_gumbels=100),
-    'vqvae': dict(commitment_cost=0.25),
-    'fsq': dict(levels=(8, 6, 5)),
-    'ppo': dict(beta=(0.5, 0.01)),
-}
+from daps_jax import methods
 
 
 def get_config(arg=None):
@@ -39,8 +27,7 @@ def get_config(arg=None):
       na_layers=2, na_mlp_ratio=6,
       decoder=config_lib.mlp_decoder(embed_dim=64, hidden_dims=(64, 256)),
       likelihood=config_lib.bernoulli())
-  config.method = config_lib.method(arg.method, _METHODS)
-  config.optim.update(config_lib.optim_overrides(arg.method, _METHODS))
+  methods.configure(config, arg.method, 'mnist')  # Its settings for this dataset.
   if arg.short or arg.quickstart:
     config.batch_size = 64
     config.eval_every_steps = 2_000

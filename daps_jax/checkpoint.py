@@ -6,9 +6,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-
-class CheckpointError(ValueError):
-  pass
+from daps_jax.errors import CheckpointError
 
 
 def _shape_mismatches(restored, target) -> list[str]:

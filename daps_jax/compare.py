@@ -31,12 +31,15 @@ from ml_collections import config_flags
 
 from daps_jax import config_lib
 from daps_jax import data
+from daps_jax import errors
+from daps_jax import methods
 from daps_jax import report
 from daps_jax import train
+from daps_jax.evaluation import outputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Dataset config file (any method).',
                                           lock_config=False)
-_METHODS = flags.DEFINE_list('methods', list(config_lib.METHODS), 'Methods to compare.')
+_METHODS = flags.DEFINE_list('methods', list(methods.NAMES), 'Methods to compare.')
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method: config.seed + 0 .. seeds - 1.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the runs and the results.')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -54,18 +57,6 @@ PAPER_TABLE1 = {
 }
 
 
-def _set(config: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = dotted.split('.')
-  node = config
-  for key in parents:
-    node = node[key]
-  if leaf not in node:
-    raise config_lib.ConfigError(
-        f'--config.{dotted}: method {config.method.name!r} has no field {dotted!r}; '
-        'drop the override or compare only methods that have it.')
-  node[leaf] = value
-
-
 def method_config(filename: str, overrides: dict, method: str,
                   seed_offset: int) -> ml_collections.ConfigDict:
   """The config file's config for `method` with the command line's overrides."""
@@ -73,7 +64,7 @@ def method_config(filename: str, overrides: dict, method: str,
   items = [item for item in arg.split(',') if item and not item.startswith('method=')]
   config = config_lib.load(path, ','.join(items + [f'method={method}']))
   for dotted, value in overrides.items():
-    _set(config, dotted, value)
+    config_lib.set_field(config, dotted, value)
   config.seed += seed_offset
   return config
 
@@ -91,27 +82,23 @@ def _final_eval(records: list[dict], step: int) -> dict | None:
   return evals[-1] if evals else None
 
 
-def _counts_path(workdir: str, step: int) -> str:
-  return os.path.join(workdir, 'codes', f'counts_{step:08d}.npy')
-
-
 def finished(workdir: str, total_steps: int) -> bool:
   """A run that evaluated at its last step (and saved its code histogram)."""
   return (_final_eval(_records(workdir), total_steps) is not None
-          and os.path.exists(_counts_path(workdir, total_steps)))
+          and os.path.exists(outputs.counts_path(workdir, total_steps)))
 
 
 def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:
   records = _records(workdir)
   final = {k: v for k, v in _final_eval(records, config.total_steps).items() if k != 'step'}
   # A later `python -m daps_jax.evaluate` of the final checkpoint (e.g. adding FID).
-  evaluated = os.path.join(workdir, f'eval_{config.total_steps:08d}.json')
+  evaluated = outputs.json_path(workdir, config.total_steps)
   if os.path.exists(evaluated):
     with open(evaluated) as f:
       final.update(json.load(f)['metrics'])
   return report.Run(method=config.method.name, seed=seed_offset,
                     final=final, curve=records,
-                    code_counts=np.load(_counts_path(workdir, config.total_steps)),
+                    code_counts=np.load(outputs.counts_path(workdir, config.total_steps)),
                     bits=config_lib.bits_per_input(config))
 
 
@@ -125,18 +112,23 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   filename = config_flags.get_config_filename(flags.FLAGS['config'])
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
-  unknown = [m for m in _METHODS.value if m not in config_lib.METHODS]
+  unknown = [m for m in _METHODS.value if m not in methods.NAMES]
   if unknown:
-    sys.exit(f'--methods: unknown {unknown}; valid: {", ".join(config_lib.METHODS)}.')
-  configs = {}
+    sys.exit(f'--methods: unknown {unknown}; valid: {", ".join(methods.NAMES)}.')
   try:
-    for method in _METHODS.value:
-      for i in range(_SEEDS.value):
-        config = method_config(filename, overrides, method, i)
-        config_lib.validate(config, num_devices=jax.device_count())
-        configs[method, i] = config
-  except config_lib.ConfigError as e:
-    sys.exit(str(e))  # Every config is checked before the first run starts.
+    compare(filename, overrides)
+  except errors.UserError as e:
+    sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
+
+
+def compare(filename: str, overrides: dict) -> None:
+  """Checks every config, trains what is not finished, writes the report."""
+  configs = {}
+  for method in _METHODS.value:  # Every config is checked before the first run starts.
+    for i in range(_SEEDS.value):
+      config = method_config(filename, overrides, method, i)
+      config_lib.validate(config, num_devices=jax.device_count())
+      configs[method, i] = config
 
   runs, wall = [], {}
   for (method, i), config in configs.items():
@@ -146,10 +138,7 @@ def main(argv):
     else:
       logging.info('%s seed %d: training in %s.', method, i, workdir)
       start = time.time()
-      try:
-        train.train_and_evaluate(config, workdir)
-      except (config_lib.ConfigError, data.DataError) as e:
-        sys.exit(f'{method} seed {i}: {e}')
+      train.train_and_evaluate(config, workdir)
       wall[method] = wall.get(method, 0.0) + time.time() - start
     runs.append(load_run(workdir, config, i))
 
@@ -157,8 +146,7 @@ def main(argv):
   spec = data.get_spec(first.data.name)
   rates = {r.method: _median_rate(r) for r in runs}
   meta = {
-      'data': (f'{first.data.name} ({spec.image_shape[0]}x{spec.image_shape[1]}x'
-               f'{spec.image_shape[2]}), full validation split of '
+      'data': (f'{first.data.name} ({"x".join(map(str, spec.shape))}), full validation split of '
                f'{int(runs[0].final["eval/num_examples"]):,} examples'),
       'steps': f'{first.total_steps:,} per run, global batch {first.batch_size}',
       'seeds': f'{_SEEDS.value} per method (config.seed {first.seed} + i)',

@@ -9,22 +9,8 @@ import math
 import ml_collections
 
 from daps_jax import data
-
-# Every method of the paper's comparison plus PPO, by family (spec sections 1 and 5).
-FAMILIES = {
-    'daps': 'daps', 'daps_na': 'daps',
-    'gumbel': 'relaxed', 'gumbel_na': 'relaxed', 'grmck': 'relaxed', 'grmck_na': 'relaxed',
-    'vqvae': 'vqvae', 'fsq': 'fsq', 'ppo': 'ppo',
-}
-METHODS = tuple(FAMILIES)
-# Methods with the autoregressive encoder; the others use the bidirectional one.
-AUTOREGRESSIVE = ('daps', 'gumbel', 'grmck', 'ppo')
-# Methods without an analytic q(z|x): no ELBO or beta-ELBO.
-DETERMINISTIC = ('vqvae', 'fsq')
-
-
-class ConfigError(ValueError):
-  """A config value or combination that cannot run; the message names the field."""
+from daps_jax import errors
+from daps_jax import methods
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -36,7 +22,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   for item in filter(None, (arg or '').split(',')):
     key, sep, value = item.partition('=')
     if key not in defaults:
-      raise ConfigError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}.')
+      raise errors.ConfigError(f'Unknown config argument {key!r}; valid: {sorted(defaults)}.')
     default = defaults[key]
     if not sep:
       value = True
@@ -88,163 +74,89 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
-def method(name: str, settings: dict[str, dict], num_samples: int = 8
-           ) -> ml_collections.ConfigDict:
-  """Method block (spec sections 1 and 5) from a dataset's per-method settings.
-
-  Args:
-    name: the method, a key of `settings`.
-    settings: {method: {setting: value}} with, per family: daps `ess_target`,
-      `beta`; relaxed (gumbel*, grmck*) `beta`, `tau` and for grmck `num_gumbels`;
-      vqvae `commitment_cost`; fsq `levels`; ppo `beta`. `beta` and `tau` are
-      (initial, final) pairs. An `optim` entry is returned separately by
-      `optim_overrides`.
-    num_samples: K for the sampling methods (DAPS, PPO).
-  """
-  if name not in settings:
-    raise ConfigError(f'Unknown method {name!r}; valid: {", ".join(settings)}. Select it '
-                      'with --config=configs/<dataset>.py:method=NAME.')
-  s = settings[name]
-  family = FAMILIES[name]
-  m = ml_collections.ConfigDict()
-  m.name = name  # The method; see config_lib.FAMILIES.
-  if family in ('daps', 'ppo'):
-    m.num_samples = num_samples  # K latent samples per input.
-  if family in ('daps', 'relaxed', 'ppo'):
-    m.beta_init = s['beta'][0]  # Entropy (KL) weight at step 0.
-    m.beta_final = s['beta'][1]  # Its final value; also the beta of the reported beta-ELBO.
-    m.beta_decay_steps = 0  # Steps of the exponential beta schedule (0: total_steps).
-  if family == 'daps':
-    m.ess_target = s['ess_target']  # Target effective sample size as a fraction of K.
-    m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
-    m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
-  if family == 'relaxed':
-    m.tau_init = s['tau'][0]  # Gumbel-softmax temperature at step 0.
-    m.tau_final = s['tau'][1]  # Final temperature (exponential schedule over beta's steps).
-    if name.startswith('grmck'):
-      m.num_gumbels = s['num_gumbels']  # k conditional Gumbels per token (Gumbel-Rao).
-  if family == 'vqvae':
-    m.commitment_cost = s['commitment_cost']  # Weight of |z - sg(e)|^2.
-    m.ema_decay = ml_collections.config_dict.placeholder(float)  # Set: EMA codebook (not in paper).
-    m.restart_threshold = 0.0  # With EMA: restart codes whose EMA count is below this.
-  if family == 'fsq':
-    m.levels = tuple(s['levels'])  # Quantisation levels per dimension.
-  if family == 'ppo':
-    m.clip_ratio = 0.2  # eps of the clipped surrogate.
-    m.kl_target = 0.01  # Target KL(behaviour || current) per sequence (nats).
-    m.kl_coef_init = 0.2  # Initial KL penalty coefficient (adapted x2 / /2).
-    m.value_learning_rate = 1e-3  # AdamW learning rate of the value network.
-  return m
-
-
-def optim_overrides(name: str, settings: dict[str, dict]) -> dict:
-  """The method's optimiser settings that differ from the dataset's (e.g. AR Gumbel's
-  cosine learning rate on CIFAR-10)."""
-  return dict(settings[name].get('optim', {}))
-
-
 def bits_per_input(config: ml_collections.ConfigDict) -> float:
   """Bits of the latent code: L * log2(number of codes)."""
   return config.model.num_tokens * math.log2(num_codes(config))
 
 
 def num_codes(config: ml_collections.ConfigDict) -> int:
-  """Codes per token: V, or prod(levels) for FSQ."""
-  if config.method.name == 'fsq':
-    return math.prod(config.method.levels)
-  return config.model.vocab_size
+  """Codes per token: V, or the method's own count (FSQ: prod(levels))."""
+  return methods.module(config.method.name).latent(config).num_codes or config.model.vocab_size
 
 
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise ConfigError(f'config.{field}: {message}')
+def get(config: ml_collections.ConfigDict, dotted: str):
+  """The field `dotted` ('method.num_samples'); None where a level is missing. A
+  ConfigDict comes back as a plain dict."""
+  for key in dotted.split('.'):
+    config = config.get(key) if isinstance(config, ml_collections.ConfigDict) else None
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+
+
+def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
+  """Sets an existing field `dotted`; ConfigError naming it when it does not exist."""
+  *parents, leaf = dotted.split('.')
+  node = config
+  for key in parents:
+    node = node.get(key) if isinstance(node, ml_collections.ConfigDict) else None
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise errors.ConfigError(
+        f'config.{dotted}: method {config.method.name!r} has no field {dotted!r}; drop the '
+        'override, check its spelling, or use a method that has it.')
+  node[leaf] = value
+
+
 
 
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError naming the field and the fix for bad values or combinations."""
   for field in ('total_steps', 'batch_size', 'eval_batch_size', 'eval_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
-    _check(config[field] > 0, field, f'must be positive, got {config[field]}.')
-  _check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
+    errors.check(config[field] > 0, field, f'must be positive, got {config[field]}.')
+  errors.check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
   _validate_fid(config.fid)
   for field in ('batch_size', 'eval_batch_size'):
-    _check(config[field] % num_devices == 0, field,
-           f'{config[field]} does not divide by the {num_devices} devices; '
-           f'use a multiple of {num_devices}.')
-  _check(config.data.name in data.SPECS, 'data.name',
-         f'{config.data.name!r} is not one of {", ".join(data.SPECS)}.')
+    errors.check(config[field] % num_devices == 0, field,
+                 f'{config[field]} does not divide by the {num_devices} devices; '
+                 f'use a multiple of {num_devices}.')
+  errors.check(config.data.name in data.SPECS, 'data.name',
+               f'{config.data.name!r} is not one of {", ".join(data.SPECS)}.')
   m = config.model
-  _check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
-  _check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
-  _check(m.width % (2 * m.num_heads) == 0, 'model.width',
-         f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
-  _check(m.decoder.kind in ('mlp', 'resnet'), 'model.decoder.kind', "use 'mlp' or 'resnet'.")
+  errors.check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
+  errors.check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
+  errors.check(m.width % (2 * m.num_heads) == 0, 'model.width',
+               f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
+  errors.check(m.decoder.kind in ('mlp', 'resnet'), 'model.decoder.kind', "use 'mlp' or 'resnet'.")
   expected = data.get_spec(config.data.name).likelihood
-  _check(m.likelihood.kind == expected, 'model.likelihood.kind',
-         f'{m.likelihood.kind!r} does not fit dataset {config.data.name!r}; use {expected!r}.')
+  errors.check(m.likelihood.kind == expected, 'model.likelihood.kind',
+               f'{m.likelihood.kind!r} does not fit dataset {config.data.name!r}; '
+               f'use {expected!r}.')
   if m.likelihood.kind == 'gaussian':
     lo, hi = m.likelihood.variance_min, m.likelihood.variance_max
-    _check(lo is None or lo > 0, 'model.likelihood.variance_min', 'must be positive or None.')
-    _check(lo is None or hi is None or lo < hi, 'model.likelihood.variance_max',
-           'must exceed variance_min.')
-  _check(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be positive.')
-  _check(config.optim.schedule in ('constant', 'cosine'), 'optim.schedule',
-         f"{config.optim.schedule!r}: use 'constant' or 'cosine'.")
-  me = config.method
-  _check(me.name in METHODS, 'method.name',
-         f'{me.name!r} is not one of {", ".join(METHODS)}; select it with '
-         f'--config=configs/<dataset>.py:method=NAME.')
-  family = FAMILIES[me.name]
-  if family in ('daps', 'ppo'):
-    _check(me.num_samples >= 2, 'method.num_samples',
-           f'{me.name} needs K >= 2 samples per input, got {me.num_samples}.')
-  if family in ('daps', 'relaxed', 'ppo'):
-    _check(me.beta_init > 0 and me.beta_final > 0, 'method.beta_init',
-           'beta_init and beta_final must be positive.')
-    _check(me.beta_decay_steps >= 0, 'method.beta_decay_steps',
-           'must be >= 0 (0: total_steps).')
-  if family == 'daps':
-    _check(0 < me.ess_target <= 1, 'method.ess_target',
-           f'is a fraction of K in (0, 1], got {me.ess_target}.')
-    _check(me.ess_target * me.num_samples >= 1, 'method.ess_target',
-           f'ess_target * K = {me.ess_target * me.num_samples} < 1 can never be reached '
-           '(ESS >= 1); raise ess_target or num_samples.')
-    _check(me.eta_init > 0, 'method.eta_init', 'must be positive.')
-  if family == 'relaxed':
-    _check(me.tau_init > 0 and me.tau_final > 0, 'method.tau_init',
-           'tau_init and tau_final must be positive.')
-    if 'num_gumbels' in me:
-      _check(me.num_gumbels >= 1, 'method.num_gumbels', 'must be >= 1.')
-  if family == 'vqvae':
-    _check(me.commitment_cost >= 0, 'method.commitment_cost', 'must be >= 0.')
-    _check(me.ema_decay is None or 0 <= me.ema_decay < 1, 'method.ema_decay',
-           'must be in [0, 1) (or None for the paper\'s codebook loss).')
-    _check(me.restart_threshold == 0 or me.ema_decay is not None, 'method.restart_threshold',
-           'dead-code restarts need the EMA codebook; set method.ema_decay (e.g. 0.99).')
-  if family == 'fsq':
-    _check(len(me.levels) >= 1 and all(level >= 3 for level in me.levels), 'method.levels',
-           f'needs at least one dimension of >= 3 levels, got {me.levels}.')
-  if family == 'ppo':
-    _check(0 < me.clip_ratio < 1, 'method.clip_ratio', 'must be in (0, 1).')
-    _check(me.kl_target > 0 and me.kl_coef_init >= 0, 'method.kl_target',
-           'kl_target must be positive and kl_coef_init >= 0.')
+    errors.check(lo is None or lo > 0, 'model.likelihood.variance_min', 'must be positive or None.')
+    errors.check(lo is None or hi is None or lo < hi, 'model.likelihood.variance_max',
+                 'must exceed variance_min.')
+  errors.check(config.optim.learning_rate > 0, 'optim.learning_rate', 'must be positive.')
+  errors.check(config.optim.schedule in ('constant', 'cosine'), 'optim.schedule',
+               f"{config.optim.schedule!r}: use 'constant' or 'cosine'.")
+  methods.validate(config)
 
 
 FID_PROTOCOLS = ('rfid', 'authors')
 
 
 def _validate_fid(fid: ml_collections.ConfigDict) -> None:
-  _check(fid.every_steps >= -1, 'fid.every_steps',
-         'must be >= -1 (N: every N steps, 0: only the final eval, -1: never in training).')
-  _check(fid.resolution >= 75, 'fid.resolution',
-         f'{fid.resolution} is below 75, the smallest input InceptionV3 accepts (299: standard).')
-  _check(fid.protocol in FID_PROTOCOLS, 'fid.protocol',
-         f"{fid.protocol!r}: use 'rfid' (reconstructions vs the same validation originals) or "
-         "'authors' (vs the statistics in fid.reference).")
-  _check(fid.protocol != 'authors' or bool(fid.reference), 'fid.reference',
-         "the 'authors' protocol needs a .npz with mu [2048] and sigma [2048, 2048]; "
-         'set --config.fid.reference=PATH.')
-  _check(fid.chunk_size >= 1, 'fid.chunk_size', 'must be >= 1.')
+  errors.check(fid.every_steps >= -1, 'fid.every_steps',
+               'must be >= -1 (N: every N steps, 0: only the final eval, -1: never in training).')
+  errors.check(fid.resolution >= 75, 'fid.resolution',
+               f'{fid.resolution} is below 75, the smallest input InceptionV3 accepts '
+               '(299: standard).')
+  errors.check(fid.protocol in FID_PROTOCOLS, 'fid.protocol',
+               f"{fid.protocol!r}: use 'rfid' (reconstructions vs the same validation "
+               "originals) or 'authors' (vs the statistics in fid.reference).")
+  errors.check(fid.protocol != 'authors' or bool(fid.reference), 'fid.reference',
+               "the 'authors' protocol needs a .npz with mu [2048] and sigma [2048, 2048]; "
+               'set --config.fid.reference=PATH.')
+  errors.check(fid.chunk_size >= 1, 'fid.chunk_size', 'must be >= 1.')
 
 
 def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,
@@ -253,7 +165,7 @@ def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,
           likelihood: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Model block (spec section 2); bits per input = L * log2(V)."""
   m = ml_collections.ConfigDict()
-  m.num_tokens = num_tokens  # L latent tokens, one per image patch.
+  m.num_tokens = num_tokens  # L latent tokens (images: one per patch).
   m.vocab_size = vocab_size  # V codes per token.
   m.width = width  # D transformer width.
   m.num_heads = 4  # Attention heads.

@@ -13,19 +13,17 @@ import sys
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 
-from daps_jax import checkpoint
 from daps_jax import config_lib
-from daps_jax import data
-from daps_jax import evaluator
-from daps_jax.fid import statistics
-from daps_jax.fid import weights
+from daps_jax import errors
+from daps_jax import parallel
+from daps_jax.evaluation import outputs
+from daps_jax.evaluation import run
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory (config.json, checkpoints/).')
 _CHECKPOINT = flags.DEFINE_integer('checkpoint', None, 'Step to evaluate (default: the newest).')
-_METRICS = flags.DEFINE_list('metrics', list(evaluator.METRICS),
-                             f'Any of {",".join(evaluator.METRICS)}.')
+_METRICS = flags.DEFINE_list('metrics', list(outputs.METRICS),
+                             f'Any of {",".join(outputs.METRICS)}.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'Override config.data.dir (data moved).')
 _BATCH = flags.DEFINE_integer('eval_batch_size', None, 'Override config.eval_batch_size.')
 _FID_PROTOCOL = flags.DEFINE_enum('fid_protocol', None, list(config_lib.FID_PROTOCOLS),
@@ -42,14 +40,13 @@ def main(argv):
       ('data.dir', _DATA_DIR), ('eval_batch_size', _BATCH), ('fid.protocol', _FID_PROTOCOL),
       ('fid.reference', _FID_REFERENCE), ('fid.weights', _FID_WEIGHTS)) if flag.value is not None}
   try:
-    metrics, path = evaluator.evaluate_run(_WORKDIR.value, step=_CHECKPOINT.value,
-                                 metrics=tuple(_METRICS.value), overrides=overrides)
-  except (evaluator.EvaluateError, config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-          weights.WeightsError, statistics.StatsError) as e:
+    metrics, path = run.evaluate_run(_WORKDIR.value, step=_CHECKPOINT.value,
+                                     metrics=tuple(_METRICS.value), overrides=overrides)
+  except errors.UserError as e:
     sys.exit(f'error: {e}')
   logging.info('Wrote %s', path)
-  if jax.process_index() == 0:
-    print(f'{evaluator.summary(metrics)}. Written to {path}.')
+  if parallel.is_writer():
+    print(f'{outputs.summary(metrics)}. Written to {path}.')
 
 
 if __name__ == '__main__':

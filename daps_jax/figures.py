@@ -11,6 +11,8 @@ and renders with Agg on a bare `Figure`, so pyplot's global state is untouched.
 
 import numpy as np
 
+from daps_jax import metrics
+
 FIGSIZE = (10.0, 4.0)  # inches; at DPI this gives a 1000 x 400 pixel image.
 DPI = 100
 UNUSED_COLOUR = 'lightgrey'  # unused codes, in both panels.
@@ -44,31 +46,6 @@ def _check_counts(counts) -> np.ndarray:
   return counts
 
 
-def usage_summary(counts: np.ndarray) -> tuple[float, float]:
-  """Used fraction and perplexity of the histogram pooled over positions.
-
-  The numpy twin of the pooled values of `metrics.codebook_usage`: the used
-  fraction is the share of the V codes counted at least once at any position,
-  the perplexity exp(-sum_v p_v log p_v) of the pooled frequencies p (0 log 0 =
-  0). An all-zero histogram gives (0.0, 1.0), as there.
-
-  Args:
-    counts: [L, V] non-negative code counts.
-
-  Returns:
-    (used_fraction, perplexity) as Python floats; used_fraction in [0, 1],
-    perplexity in [1, V].
-
-  Raises:
-    ValueError: if `counts` is not 2-D or has negative or non-finite entries.
-  """
-  pooled = _check_counts(counts).sum(0)
-  used_fraction = float(np.mean(pooled > 0))
-  probs = pooled[pooled > 0] / max(pooled.sum(), 1.0)
-  entropy = -float(np.sum(probs * np.log(probs)))
-  return used_fraction, float(np.exp(entropy))
-
-
 def _rank_order(pooled: np.ndarray) -> np.ndarray:
   """[V] codes sorted by decreasing pooled count, ties by increasing code index."""
   return np.argsort(-pooled, kind='stable')
@@ -96,7 +73,8 @@ def _plot_rank_frequency(ax, pooled: np.ndarray, order: np.ndarray, num_position
   vocab = pooled.size
   freq = pooled[order] / pooled.sum()
   num_used = int(np.count_nonzero(pooled))
-  used_fraction, perplexity = usage_summary(pooled[None])
+  usage = metrics.codebook_usage(pooled[None])
+  used_fraction, perplexity = usage['codebook/used_fraction'], usage['codebook/perplexity']
   ranks = np.arange(1, vocab + 1)
   # Zeros have no place on a log axis: the curve stops at the last used code.
   ax.plot(ranks[:num_used], freq[:num_used], color=CURVE_COLOUR,
@@ -162,7 +140,7 @@ def codebook_figure(counts: np.ndarray, title: str = '') -> np.ndarray:
 
   (a) The code frequencies pooled over positions in decreasing order (rank
   1..V) on a log axis, with the uniform frequency 1/V dotted, the unused codes'
-  tail shaded grey, and the used fraction and perplexity of `usage_summary` in
+  tail shaded grey, and the used fraction and perplexity of `metrics.codebook_usage` in
   the legend. (b) A heat map of the per-position frequencies (count / number of
   inputs), one row per latent position and the codes in the rank order of (a),
   on a logarithmic colour scale; zeros are grey. A dashed red line marks the

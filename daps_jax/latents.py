@@ -85,14 +85,14 @@ def example_keys(rng: jax.Array, batch_size: int, axis_name: str | None = None) 
   return jax.vmap(lambda i: jax.random.fold_in(rng, i))(offset + jnp.arange(batch_size))
 
 
-def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array,
+def sample_latents(encoder: nn.Module, params, x: jax.Array, rng: jax.Array,
                    num_samples: int, axis_name: str | None = None) -> Rollout:
   """Draws K latent sequences per input from q_theta(z|x), without gradient.
 
   Args:
     encoder: an `AREncoder` or `NAEncoder` module (unbound).
     params: its variables (`{'params': ...}`).
-    images: [B, H, W, C].
+    x: [B, ...] inputs in model space.
     rng: one PRNG key (each input's key is derived from its global index, see
       `example_keys`), or per-input keys [B].
     num_samples: K.
@@ -101,16 +101,16 @@ def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array
     Rollout with tokens [B, K, L] int32 and log q [B, K].
   """
   params = jax.lax.stop_gradient(params)
-  b = images.shape[0]
+  b = x.shape[0]
   keys = _input_keys(rng, b, axis_name)
   if not encoder.autoregressive:
-    logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]
+    logits = encoder.apply(params, x)[:, None]  # [B, 1, L, V]
     draw = lambda key, lg: jax.random.categorical(key, lg, axis=-1,
                                                   shape=(num_samples, lg.shape[1]))
     tokens = jax.vmap(draw)(keys, logits).astype(jnp.int32)
     return Rollout(tokens, _token_log_prob(logits, tokens).sum(-1))
 
-  cross = encoder.apply(params, images, method='encode')  # Once per input, not per sample.
+  cross = encoder.apply(params, x, method='encode')  # Once per input, not per sample.
   start = jnp.full((b * num_samples,), encoder.start_token, jnp.int32)
 
   def step(carry, position):
@@ -126,7 +126,7 @@ def sample_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array
   return Rollout(unfold_samples(tokens.T, num_samples), unfold_samples(log_q, num_samples))
 
 
-def score_latents(encoder: nn.Module, params, images: jax.Array, tokens: jax.Array) -> Scores:
+def score_latents(encoder: nn.Module, params, x: jax.Array, tokens: jax.Array) -> Scores:
   """Teacher-forced log q_theta(z|x) [B, K] and path KL to the uniform prior.
 
   Differentiable in `params`. The KL is sum_t sum_v q_tv (log q_tv + log V) with
@@ -134,40 +134,40 @@ def score_latents(encoder: nn.Module, params, images: jax.Array, tokens: jax.Arr
   """
   b, k, length = tokens.shape
   if encoder.autoregressive:
-    cross = encoder.apply(params, images, method='encode')
+    cross = encoder.apply(params, x, method='encode')
     logits = encoder.apply(params, cross, tokens.reshape(b * k, length), method='decode')
     logits = unfold_samples(logits, k)  # [B, K, L, V]
   else:
-    logits = encoder.apply(params, images)[:, None]  # [B, 1, L, V]
+    logits = encoder.apply(params, x)[:, None]  # [B, 1, L, V]
   log_q, kl = _path_scores(logits, tokens)
   return Scores(log_q, jnp.broadcast_to(kl, log_q.shape))
 
 
-Relax = Callable  # (key, logits [..., V]) -> estimators.Relaxed(sample [..., V], index [...])
+Relax = Callable  # (key, logits [..., V]) -> methods.relaxed.Relaxed(sample [..., V], index [...])
 
 
-def relaxed_latents(encoder: nn.Module, params, images: jax.Array, rng: jax.Array, relax: Relax,
+def relaxed_latents(encoder: nn.Module, params, x: jax.Array, rng: jax.Array, relax: Relax,
                     axis_name: str | None = None) -> Relaxation:
   """One straight-through relaxed sample per input, differentiable in `params`.
 
   Args:
     encoder: an `AREncoder` or `NAEncoder` module (unbound).
     params: its variables (`{'params': ...}`).
-    images: [B, H, W, C].
+    x: [B, ...] inputs in model space.
     rng: one PRNG key (per-input keys as in `sample_latents`) or keys [B].
-    relax: the estimator, e.g. `functools.partial(estimators.gumbel_softmax, tau=tau)`;
+    relax: the estimator, e.g. `functools.partial(relaxed.gumbel_softmax, tau=tau)`;
       called per input with that input's key (folded with the position in the AR case).
     axis_name: optional device axis the batch is sharded over.
   Returns:
     `Relaxation`: codes [B, L, V], tokens [B, L], log q [B], KL [B].
   """
-  b = images.shape[0]
+  b = x.shape[0]
   keys = _input_keys(rng, b, axis_name)
   if not encoder.autoregressive:
-    logits = encoder.apply(params, images)  # [B, L, V]
+    logits = encoder.apply(params, x)  # [B, L, V]
     codes, tokens = jax.vmap(relax)(keys, logits)
   else:
-    cross = encoder.apply(params, images, method='encode')
+    cross = encoder.apply(params, x, method='encode')
     vocab = encoder.vocab_size
     start = jax.nn.one_hot(jnp.full((b,), encoder.start_token), vocab + 1)
 

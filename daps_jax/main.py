@@ -14,13 +14,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from daps_jax import checkpoint
-from daps_jax import config_lib
-from daps_jax import data
-from daps_jax import evaluator
+from daps_jax import errors
+from daps_jax import parallel
 from daps_jax import train
-from daps_jax.fid import statistics
-from daps_jax.fid import weights
+from daps_jax.evaluation import outputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/mnist.py:method=daps.',
                                           lock_config=True)
@@ -66,11 +63,10 @@ def main(argv):
                jax.local_device_count(), jax.device_count())
   try:
     result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (config_lib.ConfigError, data.DataError, checkpoint.CheckpointError,
-          weights.WeightsError, statistics.StatsError) as e:
+  except errors.UserError as e:
     sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
-  if result and jax.process_index() == 0:
-    print(f'Held-out {evaluator.summary(result)}. Outputs in {_WORKDIR.value}.')
+  if result and parallel.is_writer():
+    print(f'Held-out {outputs.summary(result)}. Outputs in {_WORKDIR.value}.')
 
 
 if __name__ == '__main__':

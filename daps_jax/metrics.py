@@ -4,14 +4,15 @@ Shape legend: B batch, N sequences, L latent positions, V codebook size,
 H, W, C image height, width and channels.
 Images are [B, ...] with values in [0, 1].
 
-Everything is pure JAX and runs under `jit`/`pmap`.
-Codebook usage is computed in two steps so it can be accumulated over a whole
-validation set and across devices: `code_counts` per batch (integer counts, so a
-`psum` of them is exact), then `codebook_usage` once on the summed counts.
+PSNR, SSIM and `code_counts` are pure JAX and run under `jit`/`pmap`. Codebook
+usage is computed in two steps so it can be accumulated over a whole validation
+set and across devices: `code_counts` per batch (integer counts, so a `psum` of
+them is exact), then `codebook_usage` once, on the host, on the summed counts.
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # A perfect reconstruction would give mse 0 and infinite PSNR; the floor caps it
 # at 10 * log10(1 / 1e-10) = 100 dB so averages stay finite.
@@ -69,40 +70,46 @@ def code_counts(
   return counts.at[positions, tokens].add(weights)
 
 
-def _usage(counts: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """[..., V] counts -> (used fraction [...], perplexity [...]).
+def _usage(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """[..., V] counts -> (used fraction [...], perplexity [...]) in float64.
 
   An all-zero histogram has used fraction 0 and perplexity 1 (entropy 0).
   """
-  counts = counts.astype(jnp.float32)
-  used = jnp.mean(counts > 0, axis=-1)
-  total = counts.sum(-1, keepdims=True)
-  probs = counts / jnp.maximum(total, 1.0)
-  entropy = jax.scipy.special.entr(probs).sum(-1)  # entr(0) = 0: 0 log 0 = 0.
-  return used, jnp.exp(entropy)
+  counts = np.asarray(counts, np.float64)
+  used = np.mean(counts > 0, axis=-1)
+  probs = counts / np.maximum(counts.sum(-1, keepdims=True), 1.0)
+  entropy = -np.sum(probs * np.log(np.where(probs > 0, probs, 1.0)), axis=-1)  # 0 log 0 = 0.
+  return used, np.exp(entropy)
 
 
-def codebook_usage(counts: jax.Array) -> dict[str, jax.Array]:
+def codebook_usage(counts) -> dict[str, float]:
   """Codebook usage from accumulated (and, across devices, summed) counts.
+
+  Host-side numpy, the one implementation behind the eval metrics, the codebook
+  figure and the comparison report.
 
   Args:
     counts: [L, V] per-position code counts, e.g. a sum of `code_counts`.
 
   Returns:
-    Scalars: 'codebook/used_fraction' (share of the V codes used at least once
-    anywhere), 'codebook/perplexity' (exp of the entropy of the histogram pooled
-    over positions), and their means over positions of the per-position values,
+    'codebook/used_fraction' (share of the V codes used at least once anywhere),
+    'codebook/perplexity' (exp of the entropy of the histogram pooled over
+    positions), and their means over positions of the per-position values,
     'codebook/used_fraction_per_position' and 'codebook/perplexity_per_position'.
+
+  Raises:
+    ValueError: if `counts` is not 2-D.
   """
+  counts = np.asarray(counts)
   if counts.ndim != 2:
     raise ValueError(f'counts must be [L, V], got shape {counts.shape}.')
   used, perplexity = _usage(counts.sum(0))
   used_per_position, perplexity_per_position = _usage(counts)
   return {
-      'codebook/used_fraction': used,
-      'codebook/perplexity': perplexity,
-      'codebook/used_fraction_per_position': used_per_position.mean(),
-      'codebook/perplexity_per_position': perplexity_per_position.mean(),
+      'codebook/used_fraction': float(used),
+      'codebook/perplexity': float(perplexity),
+      'codebook/used_fraction_per_position': float(used_per_position.mean()),
+      'codebook/perplexity_per_position': float(perplexity_per_position.mean()),
   }
 
 

@@ -46,3 +46,11 @@ def cosine(init: float, final: float, steps: int) -> optax.Schedule:
 def skipped_updates(opt_state) -> jax.Array:
   """Total non-finite updates skipped so far (0 for optimisers that never skip)."""
   return jnp.asarray(getattr(opt_state, 'total_notfinite', 0), jnp.int32)
+
+
+def learning_rate(o, total_steps: int) -> float | optax.Schedule:
+  """The encoder and decoder learning rate of an `optim` config block: a float, or
+  a cosine schedule over `total_steps`."""
+  if o.schedule == 'cosine':
+    return cosine(o.learning_rate, o.final_learning_rate, total_steps)
+  return o.learning_rate

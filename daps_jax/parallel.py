@@ -21,6 +21,24 @@ def local_device_count() -> int:
   return jax.local_device_count()
 
 
+def device_count() -> int:
+  """Devices over all processes."""
+  return jax.device_count()
+
+
+def process_rows() -> dict[str, int]:
+  """{'process_index', 'process_count'}: which rows of a global batch this process reads."""
+  return {'process_index': jax.process_index(), 'process_count': jax.process_count()}
+
+
+def topology(global_batch: int) -> str:
+  """One log line: this process, its devices and its share of `global_batch`."""
+  return (f'process {jax.process_index()} of {jax.process_count()}, {jax.local_device_count()} '
+          f'local devices, {jax.device_count()} global devices; global batch {global_batch} = '
+          f'{process_batch_size(global_batch)} per process = '
+          f'{global_batch // jax.device_count()} per device')
+
+
 def is_writer() -> bool:
   """Only process 0 writes logs, TensorBoard and images."""
   return jax.process_index() == 0
@@ -68,6 +86,12 @@ def unreplicate(tree):
   return jax.device_get(jax_utils.unreplicate(tree))
 
 
+def unshard(x) -> np.ndarray:
+  """Per-device results [devices, b, ...] -> one host array [devices * b, ...]."""
+  x = np.asarray(x)
+  return x.reshape(-1, *x.shape[2:])
+
+
 def shard(batch, num_devices: int | None = None):
   """Host batch [b, ...] -> [devices, b / devices, ...] (default: local devices)."""
   n = num_devices or local_device_count()
@@ -78,6 +102,15 @@ def shard(batch, num_devices: int | None = None):
     return np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:])
 
   return jax.tree.map(split, batch)
+
+
+def device_batch(batch):
+  """Host batch [b, ...] -> per-device shards placed as `pmap_step` reads them, so a
+  step called on it again and again transfers nothing (benchmarks)."""
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+  return jax.device_put(shard(batch, len(devices)), sharding)
 
 
 def pmap_step(fn: Callable, *, donate_state: bool = False, max_traces: int | None = None,

@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from daps_jax import build
 from daps_jax import config_lib
+from daps_jax import methods
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'One config; default: all in configs/.')
 _CONFIG_DIR = flags.DEFINE_string('config_dir', 'configs', 'Where the dataset configs live.')
@@ -42,7 +43,7 @@ def main(argv):
     print(_row(flags.FLAGS['config'].config_filename, _CONFIG.value))
     return
   for path in sorted(glob.glob(os.path.join(_CONFIG_DIR.value, '*.py'))):
-    for method in config_lib.METHODS:
+    for method in methods.NAMES:
       config = config_lib.load(path, f'method={method}')
       print(_row(f'{os.path.basename(path)}:method={method}', config))
 

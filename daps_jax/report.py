@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from daps_jax import metrics
+
 NOT_APPLICABLE = '–'
 
 
@@ -270,8 +272,9 @@ def _plot_codebook(ax, groups: Mapping[str, list[Run]], colours: Mapping[str, st
     pooled = [run.code_counts.sum(0) for run in group if run.code_counts is not None]
     if not pooled or sum(counts.sum() for counts in pooled) == 0:
       continue
-    # The used fraction of each seed as in metrics.codebook_usage, averaged over seeds.
-    used = np.mean([np.mean(counts > 0) for counts in pooled])
+    # The used fraction of each seed, averaged over seeds.
+    used = np.mean([metrics.codebook_usage(counts[None])['codebook/used_fraction']
+                    for counts in pooled])
     freq = np.sort(np.sum(pooled, axis=0))[::-1].astype(np.float64)
     freq /= freq.sum()
     ranks = np.arange(1, freq.size + 1)

@@ -41,21 +41,19 @@ def model_state(model_vars: dict, tx, apply_fn=None) -> ModelState:
                            batch_stats=model_vars.get('batch_stats', {}))
 
 
-def create_state(rng: jax.Array, networks, txs, *, image_shape: tuple[int, int, int],
+def create_state(rng: jax.Array, networks, txs, *,
                  init_aux: Callable[[jax.Array, dict, dict], dict] | None = None) -> State:
   """Initialises all parameters (call under `jax.jit`: eager init is slow).
 
   Args:
     rng: PRNG key.
-    networks: `build.Networks`.
+    networks: `models.Networks`.
     txs: (encoder, decoder) optax transformations.
-    image_shape: (H, W, C).
     init_aux: (rng, encoder variables, decoder variables) -> the method's `aux`.
   """
   rng_enc, rng_dec, rng_aux = jax.random.split(rng, 3)
-  images = jnp.zeros((1, *image_shape), jnp.float32)
   tokens = jnp.zeros((1, networks.encoder.num_tokens), jnp.int32)
-  enc_vars = networks.encoder.init(rng_enc, images, tokens)
+  enc_vars = networks.encoder.init(rng_enc, networks.example_inputs(1), tokens)
   dec_vars = networks.decoder.init(rng_dec, networks.example_codes(1), train=False)
   tx_enc, tx_dec = txs
   aux = init_aux(rng_aux, enc_vars, dec_vars) if init_aux is not None else {}

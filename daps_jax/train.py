@@ -2,7 +2,7 @@
 
 Resumes from the newest checkpoint in `workdir` if there is one. Writes
 `config.json`, `metrics.jsonl`, TensorBoard events (`tb/`), orbax checkpoints
-(`checkpoints/`) and, per evaluation, what `evaluator.write_outputs` writes
+(`checkpoints/`) and, per evaluation, what `evaluation.outputs.write` writes
 (`eval_<step>.json`, reconstruction and codebook figures, code histograms).
 """
 
@@ -17,22 +17,18 @@ from daps_jax import build
 from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import data
-from daps_jax import evaluator as evaluator_lib
+from daps_jax import errors
 from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax import writers
+from daps_jax.evaluation import loop
+from daps_jax.evaluation import outputs
 
 # Fields that must not change when a run resumes: they change what is trained.
 # A field a method does not have (e.g. K for VQ-VAE) reads as None.
 _FROZEN_FIELDS = ('data.name', 'model', 'method.name', 'method.num_samples', 'seed')
 # Train metrics repeated in each eval record (the state of the schedules and duals).
 _EVAL_CONTEXT = ('dual/eta', 'dual/ess_fraction', 'ppo/kl_coef')
-
-
-def _get(config: ml_collections.ConfigDict, dotted: str):
-  for key in dotted.split('.'):
-    config = config.get(key)
-  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
@@ -42,11 +38,11 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     with open(path) as f:
       saved = ml_collections.ConfigDict(json.load(f))
     for field in _FROZEN_FIELDS:
-      if json.dumps(_get(saved, field), sort_keys=True) != json.dumps(_get(config, field),
-                                                                       sort_keys=True):
-        raise config_lib.ConfigError(
+      then, now = config_lib.get(saved, field), config_lib.get(config, field)
+      if json.dumps(then, sort_keys=True) != json.dumps(now, sort_keys=True):
+        raise errors.ConfigError(
             f'config.{field} differs from the run in {workdir} ({path}): '
-            f'{_get(saved, field)} there vs {_get(config, field)} now. '
+            f'{then} there vs {now} now. '
             'Resume with the same settings or use a fresh --workdir.')
   if parallel.is_writer():
     with open(path, 'w') as f:
@@ -58,27 +54,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   Returns the metrics of the last evaluation.
   """
-  config_lib.validate(config, num_devices=jax.device_count())
-  spec = data.get_spec(config.data.name)
+  config_lib.validate(config, num_devices=parallel.device_count())
   os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
-  logging.info('Topology: process %d of %d, %d local devices, %d global devices; global batch '
-               '%d = %d per process = %d per device.', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), config.batch_size,
-               parallel.process_batch_size(config.batch_size),
-               config.batch_size // jax.device_count())
+  logging.info('Topology: %s.', parallel.topology(config.batch_size))
 
-  networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  method = build.method(config, networks, spec.image_shape)
+  run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  method = run.method
   logging.info('Method %s', build.describe(config, build.param_counts(config)))
   _, rng_loop, _ = state_lib.run_keys(config.seed)
-  state = build.initial_state(config, networks, method, spec)
+  state = run.initial_state()
 
   loader = data.train_loader(config.data.name, data_dir=config.data.dir,
                              batch_size=parallel.process_batch_size(config.batch_size),
-                             seed=config.seed, process_index=jax.process_index(),
-                             process_count=jax.process_count(),
-                             worker_count=config.data.worker_count)
+                             seed=config.seed, worker_count=config.data.worker_count,
+                             **parallel.process_rows())
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   start_step = ckpt.latest_step() or 0
   if start_step:
@@ -88,8 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   state = parallel.replicate(state)
 
   p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
-  evaluator = evaluator_lib.Evaluator(config, networks, method, spec,
-                                      fid='off' if config.fid.every_steps < 0 else 'auto')
+  evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
   writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
   progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
   eval_metrics = {}
@@ -99,10 +88,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with_fid = final or (every > 0 and step % every == 0)
     result = evaluator(state, step, with_fid=with_fid)
     result.metrics.update(
-        {k: float(train_metrics[k][0]) for k in _EVAL_CONTEXT if k in train_metrics})
+        {k: float(train_metrics[k]) for k in _EVAL_CONTEXT if k in train_metrics})
     result.metrics.update({k: float(schedule(step)) for k, schedule in method.schedules.items()})
-    evaluator_lib.write_outputs(workdir, step, result, writer, config=config)
-    logging.info('eval step %d: %s', step, evaluator_lib.summary(result.metrics))
+    if parallel.is_writer():
+      outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
+    logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
     return result.metrics
 
   try:
@@ -115,15 +105,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       jax.block_until_ready(previous)
       final = step == config.total_steps
       steps_per_sec = progress(step)
+      host_metrics = None
       if step % config.log_every_steps == 0 or final:
-        scalars = {k: float(v[0]) for k, v in jax.device_get(metrics).items()}
+        host_metrics = parallel.unreplicate(metrics)
+        scalars = {k: float(v) for k, v in host_metrics.items()}
         scalars.update({k: float(schedule(step - 1)) for k, schedule in method.schedules.items()
                         if k not in scalars})
         if steps_per_sec is not None:
           scalars['perf/steps_per_sec'] = steps_per_sec
         writer.write_scalars(step, scalars)
       if step % config.eval_every_steps == 0 or final:
-        eval_metrics = run_eval(step, metrics, final)
+        eval_metrics = run_eval(step, host_metrics or parallel.unreplicate(metrics), final)
       if step % config.checkpoint_every_steps == 0 or final:
         ckpt.save(step, parallel.unreplicate(state), loader.get_state())
     if start_step >= config.total_steps:

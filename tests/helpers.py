@@ -21,32 +21,20 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
 
 
 def tiny_config(method: str = 'daps') -> ml_collections.ConfigDict:
-  """MNIST-family config with a very small model on the embedded digits."""
-  config = load_config('mnist', f'method={method},quickstart')
-  config.total_steps = 2
-  config.batch_size = 8
-  config.eval_batch_size = 250
-  config.eval_every_steps = 2
-  config.checkpoint_every_steps = 2
-  config.log_every_steps = 1
-  config.num_grid_images = 4
-  config.fid.every_steps = -1  # Tests that want FID turn it on (it costs an Inception pass).
-  config.method.num_samples = 4
-  config.model.vocab_size = 16
-  config.model.width = 16
-  config.model.decoder.embed_dim = 8
-  config.model.decoder.hidden_dims = (16,)
-  return config
+  """configs/testing.py: MNIST-family networks shrunk to seconds, on the embedded digits."""
+  return load_config('testing', f'method={method}')
 
 
 def tiny_ar_encoder(vocab_size=3, num_tokens=2, width=8) -> models.AREncoder:
-  return models.AREncoder(vocab_size=vocab_size, num_tokens=num_tokens, width=width,
-                          encoder_layers=1, decoder_layers=2, num_heads=2, mlp_ratio=2)
+  return models.AREncoder(frontend=models.ImagePatches(), vocab_size=vocab_size,
+                          num_tokens=num_tokens, width=width, encoder_layers=1,
+                          decoder_layers=2, num_heads=2, mlp_ratio=2)
 
 
 def tiny_na_encoder(vocab_size=3, num_tokens=2, width=8) -> models.NAEncoder:
-  return models.NAEncoder(vocab_size=vocab_size, num_tokens=num_tokens, width=width,
-                          num_layers=1, num_heads=2, mlp_ratio=2)
+  return models.NAEncoder(frontend=models.ImagePatches(), vocab_size=vocab_size,
+                          num_tokens=num_tokens, width=width, num_layers=1, num_heads=2,
+                          mlp_ratio=2)
 
 
 def encoder_setup(kind: str, *, vocab_size: int, num_tokens: int, batch: int, seed: int):

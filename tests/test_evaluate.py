@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from daps_jax import data
-from daps_jax import evaluator
 from daps_jax import parallel
 from daps_jax import train
+from daps_jax.evaluation import run as evaluation_run
 from daps_jax.fid import scorer
 from daps_jax.fid import weights
 from tests import helpers
@@ -38,7 +38,7 @@ def run(tmp_path_factory):
 
 def test_evaluate_reproduces_the_training_eval(run):
   workdir, logged = run
-  metrics, path = evaluator.evaluate_run(workdir, metrics=_NO_FID)
+  metrics, path = evaluation_run.evaluate_run(workdir, metrics=_NO_FID)
   assert path == os.path.join(workdir, 'eval_00000002.json')
   for key in ('eval/psnr', 'eval/ssim', 'eval/elbo', 'eval/beta_elbo', 'codebook/perplexity'):
     np.testing.assert_allclose(metrics[key], logged[key], rtol=1e-6, err_msg=key)
@@ -53,7 +53,7 @@ def test_evaluate_reproduces_the_training_eval(run):
 
 
 def test_evaluate_selects_metrics(run):
-  metrics, _ = evaluator.evaluate_run(run[0], metrics=('psnr',))
+  metrics, _ = evaluation_run.evaluate_run(run[0], metrics=('psnr',))
   assert set(metrics) == {'eval/psnr', 'eval/psnr_mean_image', 'eval/num_examples'}
 
 
@@ -65,19 +65,19 @@ def test_evaluate_selects_metrics(run):
 ])
 def test_evaluate_bad_input_names_the_fix(run, kwargs, message):
   with pytest.raises((ValueError, OSError)) as error:
-    evaluator.evaluate_run(run[0], **kwargs)
+    evaluation_run.evaluate_run(run[0], **kwargs)
   assert message in str(error.value)
 
 
 def test_evaluate_without_a_run_names_the_problem(tmp_path):
-  with pytest.raises(evaluator.EvaluateError, match='config.json'):
-    evaluator.evaluate_run(str(tmp_path))
+  with pytest.raises(evaluation_run.EvaluateError, match='config.json'):
+    evaluation_run.evaluate_run(str(tmp_path))
 
 
 def test_rfid_caches_the_originals_and_authors_protocol_agrees(run, tmp_path):
   workdir, _ = run
   overrides = _fid_overrides(tmp_path)
-  first, path = evaluator.evaluate_run(workdir, metrics=('fid',), overrides=overrides)
+  first, path = evaluation_run.evaluate_run(workdir, metrics=('fid',), overrides=overrides)
   cached = os.listdir(tmp_path / 'stats')
   assert len(cached) == 1 and cached[0].startswith('mnist_embedded_test_75_')
   with open(path) as f:
@@ -86,12 +86,12 @@ def test_rfid_caches_the_originals_and_authors_protocol_agrees(run, tmp_path):
   assert protocol['weights_sha256'] == weights.CHECKSUM
   assert first['eval/fid'] > 0
   # Second pass: the originals come from the cache, the FID is the same.
-  again, _ = evaluator.evaluate_run(workdir, metrics=('fid',), overrides=overrides)
+  again, _ = evaluation_run.evaluate_run(workdir, metrics=('fid',), overrides=overrides)
   np.testing.assert_allclose(again['eval/fid'], first['eval/fid'], rtol=1e-9)
   # The authors' protocol against a user file holding those same statistics (a
   # cache file has the arrays mu and sigma a reference needs).
   reference = str(tmp_path / 'stats' / cached[0])
-  authors, path = evaluator.evaluate_run(
+  authors, path = evaluation_run.evaluate_run(
       workdir, metrics=('fid',),
       overrides={**overrides, 'fid.protocol': 'authors', 'fid.reference': reference})
   np.testing.assert_allclose(authors['eval/fid'], first['eval/fid'], rtol=1e-9)
@@ -107,16 +107,15 @@ def _digits(n: int) -> np.ndarray:
 def _fid_of(fid: scorer.FidScorer, reconstructions: np.ndarray, originals: np.ndarray) -> float:
   fid.begin()
   for i in range(0, len(originals), 100):
-    batch = {'image': originals[i:i + 100], 'mask': np.ones(100, bool)}
+    batch = {'inputs': originals[i:i + 100], 'mask': np.ones(100, bool)}
     fid.add(parallel.shard(reconstructions[i:i + 100]), batch)
   return fid.result()
 
 
 def test_fid_is_zero_on_itself_and_grows_with_noise(tmp_path):
-  config = helpers.tiny_config()
-  config.fid.resolution, config.fid.stats_dir = 75, str(tmp_path)
   spec = data.get_spec('mnist_embedded')  # to_unit is the identity: grey digits pass as they are.
-  fid = scorer.FidScorer(config.fid, spec, num_examples=200, params=weights.load())
+  fid = scorer.FidScorer(weights.load(), spec=spec, num_examples=200, protocol='rfid',
+                         resolution=75, chunk_size=64, stats_dir=str(tmp_path))
   originals = _digits(200)
   assert abs(_fid_of(fid, originals, originals)) < 1e-3
   noise = np.random.default_rng(0).normal(size=originals.shape).astype(np.float32)
@@ -140,10 +139,10 @@ _SHARDED_SCRIPT = r'''
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import jax
-from daps_jax import evaluator
+from daps_jax.evaluation import run
 from daps_jax import parallel
 assert jax.local_device_count() == int(sys.argv[3]), jax.devices()
-metrics, _ = evaluator.evaluate_run(sys.argv[2], overrides={
+metrics, _ = run.evaluate_run(sys.argv[2], overrides={
     'fid.resolution': 75, 'fid.stats_dir': sys.argv[4]})
 print('METRICS', json.dumps(metrics))
 '''

@@ -1,12 +1,11 @@
 """Evaluation over a padded validation split, and the mean-image baseline."""
 
-import jax
 import numpy as np
 
 from daps_jax import build
 from daps_jax import data
-from daps_jax import evaluation
 from daps_jax import parallel
+from daps_jax.evaluation import loop
 from tests import helpers
 
 
@@ -17,22 +16,17 @@ def test_mean_image_baseline_matches_direct_numpy():
   mean = binary(train_images).mean(0)
   mse = np.square(binary(test_images) - mean).reshape(len(test_images), -1).mean(-1)
   expected = np.mean(-10 * np.log10(mse))
-  got = evaluation.mean_image_psnr('mnist_embedded', None, seed=3, eval_batch_size=300)
+  got = loop.mean_image_psnr('mnist_embedded', None, seed=3, eval_batch_size=300)
   np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
 def test_evaluate_counts_every_example_once_despite_padding():
   """1,000 examples in batches of 300: the last batch is padded and masked."""
   config = helpers.tiny_config()
-  spec = data.get_spec(config.data.name)
-  networks = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  method = build.method(config, networks, spec.image_shape)
-  state = parallel.replicate(build.initial_state(config, networks, method, spec))
-  p_eval = parallel.pmap_step(evaluation.eval_step, networks=networks, encode=method.encode,
-                              spec=spec)
-  batches = data.eval_batches(config.data.name, data_dir=None, batch_size=300)
-  result, grid, counts = evaluation.evaluate(p_eval, state, batches, jax.random.key(0),
-                                             beta_final=0.01, spec=spec, num_grid_images=5)
+  config.eval_batch_size, config.num_grid_images = 300, 5
+  run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  result, grid, counts, _ = loop.Evaluator(run, fid='off')(
+      parallel.replicate(run.initial_state()), 0)
   assert counts.shape == (config.model.num_tokens, config.model.vocab_size)
   assert (counts.sum(1) == 1000).all()
   assert result['eval/num_examples'] == 1000

@@ -3,7 +3,6 @@
 import re
 import time
 
-import jax.numpy as jnp
 from matplotlib import figure
 import numpy as np
 from PIL import Image
@@ -29,24 +28,10 @@ def skewed_counts(num_positions: int, vocab: int, num_inputs: int, num_used: int
   return counts
 
 
-def metrics_usage(counts: np.ndarray) -> tuple[float, float]:
-  """The pooled (used fraction, perplexity) of metrics.codebook_usage."""
-  usage = metrics.codebook_usage(jnp.asarray(counts, jnp.int32))
-  return float(usage['codebook/used_fraction']), float(usage['codebook/perplexity'])
-
-
-# --- usage_summary ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize('shape, seed', [((8, 256), 0), ((64, 512), 1), ((4, 240), 2),
-                                         ((1, 1024), 3)])
-def test_usage_summary_matches_metrics_on_random_histograms(shape, seed):
-  rng = np.random.default_rng(seed)
-  counts = rng.poisson(0.5, size=shape) * (rng.uniform(size=shape) < 0.3)
-  used_fraction, perplexity = figures.usage_summary(counts)
-  expected_used, expected_perplexity = metrics_usage(counts)
-  np.testing.assert_allclose(used_fraction, expected_used, rtol=1e-6)
-  np.testing.assert_allclose(perplexity, expected_perplexity, rtol=1e-5)
+def pooled_usage(counts: np.ndarray) -> tuple[float, float]:
+  """The pooled (used fraction, perplexity) of metrics.codebook_usage, which the figure shows."""
+  usage = metrics.codebook_usage(counts)
+  return usage['codebook/used_fraction'], usage['codebook/perplexity']
 
 
 def one_code(shape):
@@ -55,30 +40,30 @@ def one_code(shape):
   return counts
 
 
-@pytest.mark.parametrize('name, counts', [
-    ('one code', one_code((8, 256))),
-    ('uniform', np.full((8, 240), 3, np.int32)),
-    ('one position', skewed_counts(1, 256, 1000, 10)),
-    ('one count', np.eye(1, 512, 5, dtype=np.int32)),
-    ('all zero', np.zeros((8, 256), np.int32)),
-])
-def test_usage_summary_matches_metrics_on_degenerate_histograms(name, counts):
-  used_fraction, perplexity = figures.usage_summary(counts)
-  expected_used, expected_perplexity = metrics_usage(counts)
-  np.testing.assert_allclose(used_fraction, expected_used, rtol=1e-6, err_msg=name)
-  np.testing.assert_allclose(perplexity, expected_perplexity, rtol=1e-5, err_msg=name)
+# --- the usage numbers the figure prints ----------------------------------------------
 
 
-def test_usage_summary_known_values():
+def test_pooled_usage_known_values():
   counts = np.zeros((4, 256), np.int64)
   counts[:, :64] = 5  # 64 codes, equally often: perplexity 64.
-  assert figures.usage_summary(counts) == pytest.approx((0.25, 64.0))
-  assert figures.usage_summary(np.zeros((2, 10))) == (0.0, 1.0)  # as metrics: no codes.
+  assert pooled_usage(counts) == pytest.approx((0.25, 64.0))
+  assert pooled_usage(np.zeros((2, 10))) == (0.0, 1.0)  # No codes: entropy 0.
+  assert pooled_usage(one_code((8, 256))) == pytest.approx((1 / 256, 1.0))
 
 
-def test_usage_summary_pools_large_counts_exactly():
+@pytest.mark.parametrize('shape, seed', [((8, 256), 0), ((64, 512), 1), ((1, 1024), 3)])
+def test_pooled_usage_matches_a_direct_float64_computation(shape, seed):
+  rng = np.random.default_rng(seed)
+  counts = rng.poisson(0.5, size=shape) * (rng.uniform(size=shape) < 0.3)
+  pooled = counts.sum(0).astype(np.float64)
+  p = pooled[pooled > 0] / pooled.sum()
+  assert pooled_usage(counts) == pytest.approx((np.mean(pooled > 0),
+                                                np.exp(-np.sum(p * np.log(p)))), rel=1e-12)
+
+
+def test_pooled_usage_pools_large_counts_exactly():
   counts = np.full((1024, 4), 2**30, np.int32)  # the pooled sums overflow int32.
-  assert figures.usage_summary(counts) == pytest.approx((1.0, 4.0))
+  assert pooled_usage(counts) == pytest.approx((1.0, 4.0))
 
 
 # --- the figure ------------------------------------------------------------------
@@ -150,7 +135,7 @@ def test_legend_shows_the_usage_of_metrics():
   used = re.search(r'used (\d+)/(\d+) = ([\d.]+)', text)
   perplexity = re.search(r'perplexity ([\d.]+)', text)
   assert used and perplexity, text
-  expected_used, expected_perplexity = metrics_usage(counts)
+  expected_used, expected_perplexity = pooled_usage(counts)
   assert int(used[1]) == np.count_nonzero(pooled) and int(used[2]) == 256
   assert float(used[3]) == pytest.approx(expected_used, abs=5e-4)
   assert float(perplexity[1]) == pytest.approx(expected_perplexity, abs=0.05)
@@ -179,8 +164,8 @@ def test_figure_errors(counts, message):
     figures.codebook_figure(counts)
 
 
-def test_usage_summary_errors():
+def test_usage_errors():
   with pytest.raises(ValueError, match='non-negative'):
-    figures.usage_summary(np.array([[1, -1]]))
-  with pytest.raises(ValueError, match=r'\[L, V\] histogram'):
-    figures.usage_summary(np.ones(4))
+    figures.codebook_figure(np.array([[1, -1]]))
+  with pytest.raises(ValueError, match=r'\[L, V\]'):
+    metrics.codebook_usage(np.ones(4))

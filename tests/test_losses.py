@@ -15,7 +15,7 @@ from flax.training import train_state
 from daps_jax import latents
 from daps_jax import losses
 from daps_jax import state as state_lib
-from daps_jax import steps
+from daps_jax.methods import daps
 from tests import helpers
 
 ETA, BETA, ESS_TARGET = 2.0, 0.5, 0.4
@@ -99,8 +99,8 @@ def test_policy_search_step_updates(problem):
   enc, dual = _states(params, encoder)
   rollout = latents.Rollout(tokens, jnp.asarray(log_q, jnp.float32))
   new_enc, new_dual, metrics = jax.jit(
-      lambda e, d: steps.policy_search_step(e, d, images, rollout, rewards, BETA,
-                                            encoder=encoder, ess_target=ESS_TARGET))(enc, dual)
+      lambda e, d: daps.policy_search_step(e, d, images, rollout, rewards, BETA,
+                                           encoder=encoder, ess_target=ESS_TARGET))(enc, dual)
   # Dual: log_eta moved by minus the finite-difference gradient.
   target = 9 * ESS_TARGET
   f = lambda le: (numpy_ess(log_q, rewards, np.exp(le), BETA) - target) ** 2

@@ -14,13 +14,13 @@ import pytest
 
 from daps_jax import build
 from daps_jax import config_lib
-from daps_jax import data
-from daps_jax import estimators
-from daps_jax import evaluation
 from daps_jax import latents
+from daps_jax import methods
 from daps_jax import parallel
-from daps_jax.baselines import ppo
-from daps_jax.baselines import quantized
+from daps_jax.evaluation import step as eval_step_lib
+from daps_jax.methods import ppo
+from daps_jax.methods import relaxed
+from daps_jax.methods import vqvae
 from tests import helpers
 
 
@@ -28,17 +28,15 @@ def setup(method: str, **method_fields):
   config = helpers.tiny_config(method)
   config.method.update(method_fields)
   config_lib.validate(config)
-  spec = data.get_spec(config.data.name)
-  nets = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  meth = build.method(config, nets, spec.image_shape)
-  return config, nets, meth, build.initial_state(config, nets, meth, spec)
+  run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  return config, run.networks, run.method, run.initial_state()
 
 
 def batch(n=8, seed=0):
-  return {'image': np.asarray(helpers.random_images(n, (28, 28, 1), seed=seed))}
+  return {'inputs': np.asarray(helpers.random_images(n, (28, 28, 1), seed=seed))}
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', methods.NAMES)
 def test_each_method_trains_two_steps_traces_once_and_evaluates(method):
   config, nets, meth, state = setup(method)
   chex.clear_trace_counter()  # The counter is keyed by the wrapper, shared by the parameters.
@@ -52,18 +50,19 @@ def test_each_method_trains_two_steps_traces_once_and_evaluates(method):
   assert metrics['decoder/log_p'] < 0 and metrics['loss/decoder'] > 0
   assert metrics['grad_norm/encoder'] > 0
 
-  p_eval = parallel.pmap_step(evaluation.eval_step, networks=nets, encode=meth.encode,
-                              spec=data.get_spec(config.data.name))
+  p_eval = parallel.pmap_step(eval_step_lib.eval_step, networks=nets, encode=meth.encode,
+                              spec=build.assemble(config).spec)
   images = batch(16, seed=5)
   sums, recon = p_eval(state, parallel.shard({**images, 'mask': np.ones(16, bool)}),
                        jax.random.key(1))
   assert recon.shape[-3:] == (28, 28, 1)
   assert int(sums['code_counts'][0].sum()) == 16 * config.model.num_tokens
-  assert ('kl' in sums) == (method not in config_lib.DETERMINISTIC)
-  assert (meth.beta_final is None) == (method in config_lib.DETERMINISTIC)
+  deterministic = method in ('vqvae', 'fsq')  # No analytic q(z|x): no KL, no ELBO.
+  assert ('kl' in sums) == (not deterministic)
+  assert (meth.beta_final is None) == deterministic
 
 
-@pytest.mark.parametrize('method', config_lib.METHODS)
+@pytest.mark.parametrize('method', methods.NAMES)
 def test_bits_and_parameter_budget_match_daps(method):
   """Same L and codes per token (FSQ: prod(levels) ~ V) and, within 10%, the same
   number of parameters (VQ/FSQ heads are narrower than V logits; FSQ's decoder
@@ -82,7 +81,7 @@ def test_relaxed_ar_rollout_matches_teacher_forcing_and_carries_gradient():
   encoder's code embeddings (used only as the next step's input) get gradient."""
   encoder, params, images = helpers.encoder_setup('ar', vocab_size=5, num_tokens=4, batch=6,
                                                   seed=0)
-  relax = functools.partial(estimators.gumbel_softmax, tau=0.7)
+  relax = functools.partial(relaxed.gumbel_softmax, tau=0.7)
   sample = latents.relaxed_latents(encoder, params, images, jax.random.key(3), relax)
   chex.assert_trees_all_equal(sample.codes, jax.nn.one_hot(sample.tokens, 5))
   scores = latents.score_latents(encoder, params, images, sample.tokens[:, None])
@@ -104,10 +103,10 @@ def test_relaxed_na_gradient_reaches_encoder():
   config, nets, meth, state = setup('gumbel_na')
   g = jax.grad(lambda p: -nets.likelihood.log_prob(nets.decoder.apply(
       {'params': state.decoder.params},
-      latents.relaxed_latents(nets.encoder, {'params': p}, jnp.asarray(batch()['image']),
+      latents.relaxed_latents(nets.encoder, {'params': p}, jnp.asarray(batch()['inputs']),
                               jax.random.key(0),
-                              functools.partial(estimators.gumbel_softmax, tau=1.0)).codes),
-      jnp.asarray(batch()['image'])).sum())(state.encoder.params)
+                              functools.partial(relaxed.gumbel_softmax, tau=1.0)).codes),
+      jnp.asarray(batch()['inputs'])).sum())(state.encoder.params)
   assert optax.tree.norm(g) > 0
 
 
@@ -116,15 +115,15 @@ def test_vq_step_updates_codebook_only_through_its_loss():
   the EMA statistics after the step and the optimiser never moves it."""
   _, _, meth, state = setup('vqvae')
   new, _ = jax.jit(meth.train_step)(state, batch(), jax.random.key(0))
-  assert not np.allclose(quantized.codebook(new.decoder.params),
-                         quantized.codebook(state.decoder.params))
+  assert not np.allclose(vqvae.codebook(new.decoder.params),
+                         vqvae.codebook(state.decoder.params))
 
   _, _, meth, state = setup('vqvae', ema_decay=0.5)
   new, metrics = jax.jit(meth.train_step)(state, batch(), jax.random.key(0))
   ema = new.aux['ema']
   n = ema.counts.sum()
   smoothed = (ema.counts + 1e-5) / (n + ema.counts.shape[0] * 1e-5) * n
-  np.testing.assert_allclose(quantized.codebook(new.decoder.params),
+  np.testing.assert_allclose(vqvae.codebook(new.decoder.params),
                              ema.sums / smoothed[:, None], rtol=1e-5, atol=1e-6)
   assert 'vq/restarted' not in metrics
 
@@ -153,9 +152,26 @@ def test_ppo_behaviour_policy_lags_one_step_and_kl_coef_adapts():
   assert float(ppo.adapt_kl_coef(1.0, 0.01, 0.01)) == 1.0
 
 
+def test_ppo_kl_coefficient_stays_bounded_over_hundreds_of_steps():
+  """Unbounded halving reached exactly 0 by step ~150 of a quickstart, after which
+  doubling kept it 0; the coefficient must stay in [1e-3, 1e3] and reach the floor."""
+  _, _, meth, state = setup('ppo')
+  step = jax.jit(meth.train_step)
+  coefs = []
+  for i in range(300):
+    state, metrics = step(state, batch(seed=i % 4), jax.random.key(0))
+    coefs.append(float(metrics['ppo/kl_coef']))
+  coefs.append(float(state.aux['kl_coef']))
+  assert min(coefs) >= ppo.KL_COEF_MIN and max(coefs) <= ppo.KL_COEF_MAX, (min(coefs),
+                                                                           max(coefs))
+  assert min(coefs) == pytest.approx(ppo.KL_COEF_MIN)  # It was driven down to the floor.
+  assert float(ppo.adapt_kl_coef(ppo.KL_COEF_MIN, 0.0, 0.01)) == pytest.approx(ppo.KL_COEF_MIN)
+  assert float(ppo.adapt_kl_coef(ppo.KL_COEF_MAX, 1.0, 0.01)) == pytest.approx(ppo.KL_COEF_MAX)
+
+
 def test_fsq_step_feeds_grid_codes_and_trains_encoder():
   config, nets, meth, state = setup('fsq')
-  images = jnp.asarray(batch()['image'])
+  images = jnp.asarray(batch()['inputs'])
   enc = meth.encode(state, images, jax.random.key(0), networks=nets)
   assert int(enc.tokens.max()) < 240 and int(enc.tokens.min()) >= 0
   new, metrics = jax.jit(meth.train_step)(state, batch(), jax.random.key(0))
@@ -168,7 +184,7 @@ _SHARDED_SCRIPT = r'''
 import sys
 import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from daps_jax import build, data, parallel
+from daps_jax import build, parallel
 from tests import helpers
 assert jax.local_device_count() == 2, jax.devices()
 
@@ -176,15 +192,13 @@ def run(method, devices):
   config = helpers.tiny_config(method)
   if method == 'vqvae':  # The optional EMA codebook and restarts: statistics summed over devices.
     config.method.ema_decay, config.method.restart_threshold = 0.5, 0.4
-  spec = data.get_spec(config.data.name)
-  nets = build.networks(config, spec.image_shape, bn_axis_name=parallel.AXIS)
-  meth = build.method(config, nets, spec.image_shape)
-  state = parallel.replicate(build.initial_state(config, nets, meth, spec), devices)
-  step = parallel.pmap_step(meth.train_step, devices=devices)
+  run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  state = parallel.replicate(run.initial_state(), devices)
+  step = parallel.pmap_step(run.method.train_step, devices=devices)
   rng = np.random.default_rng(0)
   for _ in range(3):
     images = (rng.random((8, 28, 28, 1)) > 0.5).astype(np.float32)
-    state, metrics = step(state, parallel.shard({'image': images}, len(devices)),
+    state, metrics = step(state, parallel.shard({'inputs': images}, len(devices)),
                           jax.random.key(5))
   return jax.device_get(jax.tree.map(lambda x: x[0], (state, metrics)))
 
@@ -205,10 +219,10 @@ for method in sys.argv[2:]:
 
 def test_two_devices_equal_one_device_for_the_baselines():
   """Every leaf of the state and every metric after 3 steps, 2 fake CPU devices vs 1."""
-  methods = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo']
+  names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
-  result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *methods],
+  result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *names],
                           env=env, capture_output=True, text=True, timeout=900)
-  for method in methods:
+  for method in names:
     assert f'SHARDED_OK {method}' in result.stdout, result.stdout + result.stderr[-5000:]

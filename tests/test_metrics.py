@@ -79,7 +79,7 @@ def test_codebook_usage_per_position_differs_from_overall():
   # Position 0 always uses code 0, position 1 always code 1: each position has
   # perplexity 1 and uses 1/4 of the codes; pooled, two codes are equally likely.
   counts = jnp.array([[6, 0, 0, 0], [0, 6, 0, 0]])
-  usage = jax.jit(metrics.codebook_usage)(counts)
+  usage = metrics.codebook_usage(counts)
   np.testing.assert_allclose(usage['codebook/used_fraction'], 0.5)
   np.testing.assert_allclose(usage['codebook/perplexity'], 2.0, rtol=1e-6)
   np.testing.assert_allclose(usage['codebook/used_fraction_per_position'], 0.25)

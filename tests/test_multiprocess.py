@@ -17,16 +17,9 @@ import pytest
 
 from daps_jax import build
 from daps_jax import checkpoint
-from daps_jax import data
 from tests import helpers
 
-_TINY = ['--config=configs/mnist.py:quickstart', '--config.batch_size=8',
-         '--config.eval_batch_size=250', '--config.log_every_steps=1',
-         '--config.eval_every_steps=2', '--config.checkpoint_every_steps=2',
-         '--config.num_grid_images=4', '--config.fid.every_steps=-1',
-         '--config.method.num_samples=4', '--config.model.vocab_size=16',
-         '--config.model.width=16', '--config.model.decoder.embed_dim=8',
-         '--config.model.decoder.hidden_dims=(16,)', '--compilation_cache_dir=',
+_TINY = ['--config=configs/testing.py', '--compilation_cache_dir=',
          # The beta schedule of a 4-step run also when a run stops at 2 and resumes.
          '--config.method.beta_decay_steps=4']
 
@@ -58,10 +51,7 @@ def _train(workdir: str, steps: int, *, processes: int = 1, devices: int = 1) ->
 
 def _final(workdir: str, step: int):
   """(restored host state at `step`, eval metrics logged at `step`)."""
-  config = helpers.tiny_config()
-  spec = data.get_spec(config.data.name)
-  nets = build.networks(config, spec.image_shape)
-  like = build.initial_state(config, nets, build.method(config, nets, spec.image_shape), spec)
+  like = build.assemble(helpers.tiny_config()).initial_state()
   ckpt = checkpoint.Checkpointer(workdir, keep=3)
   state, data_state = ckpt.restore(step, like)
   ckpt.close()

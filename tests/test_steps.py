@@ -9,12 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from daps_jax import build
 from daps_jax import models
 from daps_jax import optim
 from daps_jax import parallel
 from daps_jax import state as state_lib
-from daps_jax import steps
+from daps_jax.methods import daps
 from tests import helpers
 
 
@@ -26,18 +25,17 @@ def toy_data(rng: np.random.Generator, n: int, prototypes: np.ndarray, flip: flo
 
 
 def toy_setup(encoder, total_steps: int):
-  networks = build.Networks(
+  networks = models.Networks(
       encoder=encoder,
-      decoder=models.mlp_decoder(vocab_size=encoder.vocab_size, image_shape=(8, 8, 1),
+      decoder=models.mlp_decoder(vocab_size=encoder.vocab_size, shape=(8, 8, 1),
                                  embed_dim=8, hidden_dims=(32,)),
-      likelihood=models.Bernoulli(), num_codes=encoder.vocab_size)
+      likelihood=models.Bernoulli(), input_shape=(8, 8, 1), num_codes=encoder.vocab_size)
   tx = lambda: optim.adamw(3e-3, weight_decay=1e-4)
-  hparams = steps.DapsHparams(num_samples=8, ess_target=0.33,
-                              beta=optim.exp_decay(0.5, 0.01, total_steps))
-  dual = functools.partial(steps.init_aux, 10.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
+  hparams = daps.DapsHparams(num_samples=8, ess_target=0.33,
+                             beta=optim.exp_decay(0.5, 0.01, total_steps))
+  dual = functools.partial(daps.init_aux, 10.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
   state = jax.jit(lambda r: state_lib.create_state(
-      r, networks, (tx(), tx()), image_shape=(8, 8, 1),
-      init_aux=lambda *_: dual()))(jax.random.key(0))
+      r, networks, (tx(), tx()), init_aux=lambda *_: dual()))(jax.random.key(0))
   return networks, hparams, state
 
 
@@ -51,10 +49,10 @@ def test_toy_problem_reconstruction_loss_falls(kind):
   networks, hparams, state = toy_setup(encoder, total)
   rng = np.random.default_rng(0)
   prototypes = (rng.random((4, 8, 8, 1)) > 0.5).astype(np.float32)
-  step = jax.jit(functools.partial(steps.train_step, networks=networks, hparams=hparams))
+  step = jax.jit(functools.partial(daps.train_step, networks=networks, hparams=hparams))
   losses = []
   for i in range(total):
-    state, metrics = step(state, {'image': toy_data(rng, 32, prototypes)}, jax.random.key(1))
+    state, metrics = step(state, {'inputs': toy_data(rng, 32, prototypes)}, jax.random.key(1))
     losses.append(float(metrics['loss/decoder']))
   data = toy_data(rng, 4096, prototypes)
   p = data.mean(0).clip(1e-6, 1 - 1e-6)
@@ -68,11 +66,11 @@ def test_toy_problem_reconstruction_loss_falls(kind):
 def test_train_step_traces_once():
   encoder = helpers.tiny_ar_encoder(vocab_size=4, num_tokens=2, width=16)
   networks, hparams, state = toy_setup(encoder, 10)
-  p_step = parallel.pmap_step(steps.train_step, max_traces=1, networks=networks, hparams=hparams)
+  p_step = parallel.pmap_step(daps.train_step, max_traces=1, networks=networks, hparams=hparams)
   state = parallel.replicate(state)
   images = helpers.random_images(8 * jax.local_device_count())
   for _ in range(3):
-    state, metrics = p_step(state, parallel.shard({'image': np.asarray(images)}),
+    state, metrics = p_step(state, parallel.shard({'inputs': np.asarray(images)}),
                             jax.random.key(0))
   assert int(parallel.unreplicate(state.step)) == 3
   assert np.isfinite(float(metrics['loss/policy'][0]))
@@ -82,32 +80,33 @@ _SHARDED_SCRIPT = r'''
 import functools, re, sys
 import jax, numpy as np
 sys.path.insert(0, sys.argv[1])
-from daps_jax import build, models, optim, parallel, state as state_lib, steps
+from daps_jax import models, optim, parallel, state as state_lib
+from daps_jax.methods import daps
 from tests import helpers
 assert jax.local_device_count() == 2, jax.devices()
 
 def networks(bn_axis_name=parallel.AXIS):
   encoder = helpers.tiny_ar_encoder(vocab_size=4, num_tokens=4, width=16)
-  return build.Networks(
+  return models.Networks(
       encoder=encoder,
       decoder=models.resnet_decoder(vocab_size=4, num_tokens=4, image_shape=(8, 8, 1),
                                     embed_dim=8, channels=8, num_res_blocks=1,
                                     bn_axis_name=bn_axis_name),
-      likelihood=models.Gaussian(0.01, 1.0), num_codes=4)
+      likelihood=models.Gaussian(0.01, 1.0), input_shape=(8, 8, 1), num_codes=4)
 
 def run(devices):
   nets = networks()
   txs = (optim.adamw(1e-3, weight_decay=1e-4), optim.adamw(1e-3, weight_decay=1e-4))
-  dual = lambda *_: steps.init_aux(3.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
-  hparams = steps.DapsHparams(num_samples=4, ess_target=0.33, beta=optim.exp_decay(1.0, 0.1, 10))
-  state = jax.jit(lambda r: state_lib.create_state(r, nets, txs, image_shape=(8, 8, 1),
-                                                   init_aux=dual))(jax.random.key(0))
+  dual = lambda *_: daps.init_aux(3.0, optim.adamw(1e-2, weight_decay=0.0, clip=None))
+  hparams = daps.DapsHparams(num_samples=4, ess_target=0.33, beta=optim.exp_decay(1.0, 0.1, 10))
+  state = jax.jit(lambda r: state_lib.create_state(r, nets, txs, init_aux=dual))(
+      jax.random.key(0))
   state = parallel.replicate(state, devices)
-  step = parallel.pmap_step(steps.train_step, devices=devices, networks=nets, hparams=hparams)
+  step = parallel.pmap_step(daps.train_step, devices=devices, networks=nets, hparams=hparams)
   rng = np.random.default_rng(0)
   for _ in range(3):
     images = rng.normal(size=(8, 8, 8, 1)).astype(np.float32)
-    state, metrics = step(state, parallel.shard({'image': images}, len(devices)),
+    state, metrics = step(state, parallel.shard({'inputs': images}, len(devices)),
                           jax.random.key(5))
   return jax.device_get(jax.tree.map(lambda x: x[0], (state, metrics)))
 

@@ -10,7 +10,7 @@ import pytest
 
 from daps_jax import build
 from daps_jax import checkpoint
-from daps_jax import data
+from daps_jax import errors
 from daps_jax import train
 from tests import helpers
 
@@ -63,10 +63,7 @@ def test_resume_continues_from_saved_step(runs):
 def test_resumed_run_equals_uninterrupted_run(runs):
   resumed, straight, _, second = runs
   config = helpers.tiny_config()
-  spec = data.get_spec(config.data.name)
-  networks = build.networks(config, spec.image_shape)
-  like = build.initial_state(config, networks, build.method(config, networks, spec.image_shape),
-                             spec)
+  like = build.assemble(config).initial_state()
   a, data_a = _final_state(resumed, 4, like)
   b, data_b = _final_state(straight, 4, like)
   assert data_a == data_b
@@ -92,7 +89,7 @@ def test_mismatched_checkpoint_names_the_arrays(tmp_path):
   ckpt.save(1, {'w': np.ones((3,), np.float32)}, {'pos': 1})
   ckpt.close()
   ckpt = checkpoint.Checkpointer(str(tmp_path), keep=1)
-  with pytest.raises(checkpoint.CheckpointError, match=r"\['w'\].*\(3,\).*\(5,\)"):
+  with pytest.raises(errors.CheckpointError, match=r"\['w'\].*\(3,\).*\(5,\)"):
     ckpt.restore(1, {'w': np.zeros((5,), np.float32)})
   ckpt.close()
 

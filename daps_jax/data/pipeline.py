@@ -61,7 +61,7 @@ class _ProcessRows(grain.MapDataset):
 
 
 class TrainLoader:
-  """Endless iterator of ``{'image': float32 [batch_size, H, W, C]}``.
+  """Endless iterator of ``{'inputs': float32 [batch_size, *spec.shape]}``.
 
   ``get_state()`` is a JSON-serialisable dict; after ``set_state(state)`` the
   loader yields exactly what it yielded after ``state`` was taken.
@@ -107,7 +107,7 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
     worker_count: grain worker processes (0: decode in this process).
 
   Returns:
-    A TrainLoader of ``{'image': float32 [batch_size, *spec.image_shape]}``.
+    A TrainLoader of ``{'inputs': float32 [batch_size, *spec.shape]}`` (model space).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
@@ -115,9 +115,9 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
   source = get_source(name, spec.train_split, data_dir)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   if spec.augment:
-    ds = ds.random_map(lambda ex, rng: {'image': preprocess.train_image(ex, spec, rng)})
+    ds = ds.random_map(lambda ex, rng: {'inputs': preprocess.train_image(ex, spec, rng)})
   else:
-    ds = ds.map(lambda ex: {'image': preprocess.eval_image(ex, spec)})
+    ds = ds.map(lambda ex: {'inputs': preprocess.eval_image(ex, spec)})
   ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
                     process_count=process_count)
   iter_ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(_READ_OPTIONS)
@@ -148,7 +148,7 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
   the first batch.
 
   Returns:
-    An iterator of ``{'image': float32 [batch_size, *spec.image_shape],
+    An iterator of ``{'inputs': float32 [batch_size, *spec.shape],
     'mask': bool [batch_size]}``.
   """
   if not 0 <= process_index < process_count:
@@ -156,9 +156,9 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
   spec = preprocess.get_spec(name)
   source = get_source(name, spec.eval_split, data_dir)
   num_batches = math.ceil(len(source) / (batch_size * process_count))
-  padding = {'image': np.zeros(spec.image_shape, np.float32), 'mask': False}
+  padding = {'inputs': np.zeros(spec.shape, np.float32), 'mask': False}
   ds = (grain.MapDataset.source(source)
-        .map(lambda ex: {'image': preprocess.eval_image(ex, spec), 'mask': True}))
+        .map(lambda ex: {'inputs': preprocess.eval_image(ex, spec), 'mask': True}))
   ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
                     process_count=process_count, num_batches=num_batches, padding=padding)
   return iter(ds.batch(batch_size).to_iter_dataset(_READ_OPTIONS))

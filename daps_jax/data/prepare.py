@@ -17,7 +17,8 @@ import sys
 import tensorflow_datasets as tfds
 from absl import app, flags, logging
 
-from daps_jax.data.sources import DataError, PathLike
+from daps_jax.data.sources import PathLike
+from daps_jax.errors import DataError
 
 PREPARABLE = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet2012')
 IMAGENET_TARS = ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar')

@@ -21,7 +21,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from daps_jax.data.sources import DataError
+from daps_jax.errors import DataError
 
 Array = TypeVar('Array', np.ndarray, jax.Array)
 
@@ -32,22 +32,38 @@ class DatasetSpec:
 
   Attributes:
     name: the dataset name (a key of ``SPECS``).
-    image_shape: (H, W, C) of one model-space image.
+    shape: the shape of one model-space input; images: (H, W, C).
     likelihood: 'bernoulli' or 'gaussian'.
     mean: per-channel mean on the 0..255 scale, or None (binarised data).
     std: per-channel standard deviation on the 0..255 scale, or None.
     train_split: tfds split name used for training.
     eval_split: tfds split name used for validation.
     augment: whether training uses RandomResizedCrop + horizontal flip.
+    modality: what an input is, and so the model front end that reads it
+      (``models.frontends.FRONTENDS``): 'image'.
   """
   name: str
-  image_shape: tuple[int, int, int]
+  shape: tuple[int, ...]
   likelihood: str
   mean: tuple[float, ...] | None
   std: tuple[float, ...] | None
   train_split: str
   eval_split: str
   augment: bool = False
+  modality: str = 'image'
+
+  def to_unit(self, x: Array) -> Array:
+    """Maps model-space inputs [..., C] back to data units: images on the [0, 1] scale.
+
+    ``(x * std + mean) / 255`` per channel for standardised data, identity for
+    binarised data. No clipping (a decoder mean may leave [0, 1]). Plain
+    arithmetic, so it works on numpy arrays and inside jitted JAX code alike.
+    """
+    if self.mean is None or self.std is None:
+      return x
+    mean = np.asarray(self.mean, np.float32)
+    std = np.asarray(self.std, np.float32)
+    return (x * std + mean) / np.float32(255.0)
 
 
 def _binary(name: str) -> DatasetSpec:
@@ -73,20 +89,6 @@ def get_spec(name: str) -> DatasetSpec:
   if name not in SPECS:
     raise DataError(f'Unknown dataset {name!r}; valid names: {", ".join(SPECS)}.')
   return SPECS[name]
-
-
-def to_unit(x: Array, spec: DatasetSpec) -> Array:
-  """Maps model-space images [..., C] back to [0, 1] scale, per channel.
-
-  ``(x * std + mean) / 255`` for standardised data, identity for binarised
-  data. No clipping (a decoder mean may leave [0, 1]). Plain arithmetic, so it
-  works on numpy arrays and inside jitted JAX code alike.
-  """
-  if spec.mean is None or spec.std is None:
-    return x
-  mean = np.asarray(spec.mean, np.float32)
-  std = np.asarray(spec.std, np.float32)
-  return (x * std + mean) / np.float32(255.0)
 
 
 def _standardize(image: np.ndarray, spec: DatasetSpec) -> np.ndarray:
@@ -139,16 +141,16 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
 
 
 def eval_image(example: dict[str, Any], spec: DatasetSpec) -> np.ndarray:
-  """One eval example (uint8 'image' [H, W, C]) -> float32 spec.image_shape."""
+  """One eval example (uint8 'image' [H, W, C]) -> float32 spec.shape."""
   image = example['image']
   if spec.augment:
-    image = _resize(image, spec.image_shape[0])
+    image = _resize(image, spec.shape[0])
   return _standardize(image, spec)
 
 
 def train_image(example: dict[str, Any], spec: DatasetSpec,
                 rng: np.random.Generator) -> np.ndarray:
-  """One train example -> float32 spec.image_shape, augmented if spec.augment.
+  """One train example -> float32 spec.shape, augmented if spec.augment.
 
   The crop and flip depend only on ``rng`` (and the image size).
   """
@@ -156,7 +158,7 @@ def train_image(example: dict[str, Any], spec: DatasetSpec,
     return eval_image(example, spec)
   image = example['image']
   box = random_resized_crop_box(image.shape[0], image.shape[1], rng)
-  image = _resize(image, spec.image_shape[0], box)
+  image = _resize(image, spec.shape[0], box)
   if rng.random() < 0.5:
     image = image[:, ::-1]
   return _standardize(image, spec)

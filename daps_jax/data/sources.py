@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow_datasets as tfds
-from tensorflow_datasets.core import constants as tfds_constants
+
+from daps_jax.errors import DataError
 
 Example = dict[str, Any]
 PathLike = str | os.PathLike[str]
@@ -33,13 +33,10 @@ _IDX_DIMS = {'images': 3, 'labels': 1}  # IDX rank of each file kind.
 _IDX_UBYTE = 0x08  # IDX type code of unsigned bytes.
 
 
-class DataError(ValueError):
-  """The data asked for is unknown, missing, or malformed."""
-
-
 def missing_data_message(name: str, data_dir: PathLike | None) -> str:
   """Says which dataset is missing where, and the command that prepares it."""
-  where = os.fspath(data_dir) if data_dir else tfds_constants.DATA_DIR
+  from tensorflow_datasets.core import constants  # pylint: disable=g-import-not-at-top
+  where = os.fspath(data_dir) if data_dir else constants.DATA_DIR
   command = f'python -m daps_jax.data.prepare --dataset={name} --data_dir={where}'
   lines = [f'Dataset {name!r} is not prepared in {where!r}. Prepare it with:']
   if name == 'imagenet2012':
@@ -204,6 +201,7 @@ def tfds_source(name: str, split: str,
     DataError naming the dataset, the directory and the prepare command when
     the data is not there (or was prepared in a non-random-access format).
   """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top  # Slow to import.
   try:
     return tfds.data_source(
         name, split=split, data_dir=data_dir, download=False,

@@ -74,34 +74,44 @@ class Protocol:
 class FidScorer:
   """The Inception network on the devices, and the reference of a protocol."""
 
-  def __init__(self, fid_config, spec: data.DatasetSpec, num_examples: int, params):
+  def __init__(self, params, *, spec: data.DatasetSpec, num_examples: int, protocol: str,
+               resolution: int, chunk_size: int, reference: str | None = None,
+               stats_dir: str | None = None):
     """Puts the Inception `params` (`weights.load()`) on the devices and loads the
     reference statistics.
 
+    Args:
+      params: the FID InceptionV3 parameters.
+      spec: the evaluated dataset (its name, eval split and map to [0, 1]).
+      num_examples: the size of its eval split (part of the cache key).
+      protocol: 'rfid' or 'authors' (module docstring).
+      resolution: the Inception input size (299: the standard FID).
+      chunk_size: images per Inception call on a device.
+      reference: 'authors': the .npz of mu [2048] and sigma [2048, 2048].
+      stats_dir: 'rfid': where the originals' statistics are cached (None:
+        `statistics.default_stats_dir()`).
     Raises:
       statistics.StatsError: the authors' reference file or the cached
         statistics are missing keys, malformed or made for other settings.
     """
     self._params = parallel.replicate(params)
     self._spec = spec
-    self._step = parallel.pmap_mapped(feature_sums_step, resolution=fid_config.resolution,
-                                      chunk_size=fid_config.chunk_size)
-    if fid_config.protocol == 'authors':
-      self._reference = statistics.load_reference(fid_config.reference, num_features=2048)
-      self._cache, reference = None, fid_config.reference
+    self._step = parallel.pmap_mapped(feature_sums_step, resolution=resolution,
+                                      chunk_size=chunk_size)
+    if protocol == 'authors':
+      self._reference = statistics.load_reference(reference, num_features=2048)
+      self._cache, described = None, reference
     else:
-      self._fields = dict(dataset=spec.name, split=spec.eval_split,
-                          resolution=fid_config.resolution, preprocessing=PREPROCESSING,
-                          weights=weights.CHECKSUM, num_examples=num_examples)
-      self._cache = statistics.cache_path(
-          fid_config.stats_dir or statistics.default_stats_dir(), **self._fields)
+      self._fields = dict(dataset=spec.name, split=spec.eval_split, resolution=resolution,
+                          preprocessing=PREPROCESSING, weights=weights.CHECKSUM,
+                          num_examples=num_examples)
+      self._cache = statistics.cache_path(stats_dir or statistics.default_stats_dir(),
+                                          **self._fields)
       cached = statistics.load_stats(self._cache, self._fields)
       # Processes with their own disks may differ; all must make the same device calls.
       self._reference = cached[:2] if parallel.all_processes(cached is not None) else None
-      reference = f'{spec.name} {spec.eval_split} originals ({num_examples}), {self._cache}'
-    self.protocol = Protocol(fid_config.protocol, fid_config.resolution, weights.CHECKSUM,
-                             reference)
-
+      described = f'{spec.name} {spec.eval_split} originals ({num_examples}), {self._cache}'
+    self.protocol = Protocol(protocol, resolution, weights.CHECKSUM, described)
     self._fake = self._real = None
 
   def begin(self) -> None:
@@ -111,11 +121,11 @@ class FidScorer:
 
   def add(self, reconstructions: jax.Array, batch: dict) -> None:
     """reconstructions: [D, B, H, W, C] in [0, 1] as `eval_step` left them on the
-    devices; batch: the host batch {'image' (model space), 'mask'}."""
+    devices; batch: the host batch {'inputs' (model space), 'mask'}."""
     mask = parallel.shard(batch['mask'])
     self._fake.add(_host(self._step(self._params, reconstructions, mask)))
     if self._real is not None:
-      originals = np.clip(data.to_unit(batch['image'], self._spec), 0.0, 1.0)
+      originals = np.clip(self._spec.to_unit(batch['inputs']), 0.0, 1.0)
       self._real.add(_host(self._step(self._params, parallel.shard(originals), mask)))
 
   def result(self) -> float:
@@ -130,4 +140,4 @@ class FidScorer:
 
 def _host(sums: dict) -> dict:
   """Device 0's copy of device-summed sums, as float64 numpy."""
-  return {k: np.asarray(v[0], np.float64) for k, v in sums.items()}
+  return {k: np.asarray(v, np.float64) for k, v in parallel.unreplicate(sums).items()}

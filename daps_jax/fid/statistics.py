@@ -38,6 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from daps_jax import errors
+
 PathLike = str | os.PathLike[str]
 
 # Length of the sha256 hex prefix that `cache_key` returns.
@@ -61,7 +63,7 @@ DISTANCE_TOLERANCE = 1e-4
 REFERENCE_KEYS = (('mu', 'sigma'), ('mean', 'cov'))
 
 
-class StatsError(ValueError):
+class StatsError(errors.UserError):
   """Feature statistics are malformed, or a statistics file is missing or stale."""
 
 

@@ -33,6 +33,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from daps_jax import errors
 from daps_jax.fid import inception
 from daps_jax.fid import torchscript
 
@@ -45,7 +46,7 @@ ENV_VAR = 'DAPS_JAX_FID_WEIGHTS'
 COMMAND = 'python -m daps_jax.fid.weights'
 
 
-class WeightsError(Exception):
+class WeightsError(errors.UserError):
   """The Inception weights cannot be used; the message says how to make them."""
 
 

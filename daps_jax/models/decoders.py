@@ -6,12 +6,13 @@ vectors [B, L, V] that multiply the embedding table, or, for FSQ, code vectors
 [B, L, d] that a dense layer projects. VQ-VAE quantises against the embedding
 table and enters at `trunk` with vectors [B, L, E].
 
-Bodies: `MLPBody` (MNIST-size, Bernoulli): flatten, MLP -> logits [B, H, W, C].
+Bodies: `MLPBody` (MNIST-size, any input shape): flatten, MLP -> logits [B, *shape].
 `ResNetBody` (CIFAR, ImageNet; Gaussian): vectors on their (m, n) patch grid ->
 Conv3x3 -> residual blocks -> log2(H/m) stride-2 transposed convolutions ->
 [B, H, W, 2C] (mean and log-variance channels).
 """
 
+import math
 from typing import Sequence
 
 import flax.linen as nn
@@ -53,8 +54,8 @@ class Decoder(nn.Module):
 
 
 class MLPBody(nn.Module):
-  """[B, L, E] -> flatten -> [Dense, ReLU]* -> Dense(H*W*C) Bernoulli logits."""
-  image_shape: tuple[int, int, int]
+  """[B, L, E] -> flatten -> [Dense, ReLU]* -> Dense(prod(shape)) logits [B, *shape]."""
+  shape: tuple[int, ...]
   hidden_dims: Sequence[int] = (64, 256)
 
   @nn.compact
@@ -63,8 +64,7 @@ class MLPBody(nn.Module):
     x = x.reshape(x.shape[0], -1)
     for hidden in self.hidden_dims:
       x = nn.relu(layers.dense(hidden)(x))
-    size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
-    return layers.dense(size)(x).reshape(-1, *self.image_shape)
+    return layers.dense(math.prod(self.shape))(x).reshape(-1, *self.shape)
 
 
 class ResidualBlock(nn.Module):
@@ -110,11 +110,11 @@ class ResNetBody(nn.Module):
     return x
 
 
-def mlp_decoder(*, vocab_size: int, image_shape: tuple[int, int, int], embed_dim: int = 64,
+def mlp_decoder(*, vocab_size: int, shape: tuple[int, ...], embed_dim: int = 64,
                 hidden_dims: Sequence[int] = (64, 256), code_dim: int | None = None) -> Decoder:
-  """MNIST-size decoder: Embed(V, E) -> flatten -> MLP -> Bernoulli logits."""
+  """MNIST-size decoder of inputs of any `shape`: Embed(V, E) -> flatten -> MLP -> logits."""
   return Decoder(CodeEmbedding(vocab_size, embed_dim, code_dim),
-                 MLPBody(tuple(image_shape), tuple(hidden_dims)))
+                 MLPBody(tuple(shape), tuple(hidden_dims)))
 
 
 def resnet_decoder(*, vocab_size: int, num_tokens: int, image_shape: tuple[int, int, int],

@@ -1,15 +1,19 @@
 """Encoders q_theta(z|x) over L discrete tokens with V codes.
 
-Shape legend: B batch, L latent tokens (= patches), V codebook size, D width,
-H heads, Dh = D / H, N layers of the token decoder.
+Shape legend: B batch, L latent tokens, V codebook size, D width, H heads,
+Dh = D / H, N layers of the token decoder; inputs `x` are [B, ...] in model space.
 
-`AREncoder`: a bidirectional transformer over patches plus a causal transformer
-over tokens with cross-attention to the encoded patches. The token input at
+Every encoder reads its inputs through a `frontend` (`models.frontends`: image
+patches today), which gives one feature vector per token [B, L, P]; nothing
+below it knows the modality.
+
+`AREncoder`: a bidirectional transformer over the front end's tokens plus a
+causal transformer over latent tokens with cross-attention to the encoded ones. The token input at
 position t is the code sampled at t-1; position 0 gets a dedicated start token
 (id V) that no code can equal, and nothing is masked but the future.
-`NAEncoder`: a bidirectional transformer over patches with independent per-token
+`NAEncoder`: a bidirectional transformer over the front end's tokens with independent per-token
 logits (or, for VQ-VAE and FSQ, per-token continuous outputs).
-`ValueNetwork`: a small patch MLP that predicts a scalar return per input (PPO).
+`ValueNetwork`: a small per-token MLP that predicts a scalar return per input (PPO).
 
 The AR encoder's token inputs may be integer codes or (straight-through) one-hot
 vectors [.., V + 1] that multiply the embedding table, so a relaxed rollout can
@@ -21,11 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from daps_jax.models import layers
-from daps_jax.models import patching
 
 
 class AREncoder(nn.Module):
   """Autoregressive encoder; see the module docstring."""
+  frontend: nn.Module
   vocab_size: int
   num_tokens: int
   width: int
@@ -50,9 +54,9 @@ class AREncoder(nn.Module):
   def start_token(self) -> int:
     return self.vocab_size
 
-  def encode(self, images: jax.Array) -> tuple[layers.KV, ...]:
-    """images [B, H, W, C] -> per-layer cross-attention KV, each [B, heads, L, Dh]."""
-    memory = self.patches(patching.patchify(images, self.num_tokens))
+  def encode(self, x: jax.Array) -> tuple[layers.KV, ...]:
+    """x [B, ...] -> per-layer cross-attention KV, each [B, heads, L, Dh]."""
+    memory = self.patches(self.frontend(x, self.num_tokens))
     return tuple(block.cross_kv(memory) for block in self.blocks)
 
   def _embed(self, tokens: jax.Array, positions: jax.Array) -> jax.Array:
@@ -67,9 +71,9 @@ class AREncoder(nn.Module):
   def _logits(self, x: jax.Array) -> jax.Array:
     return self.head(self.norm(x))
 
-  def __call__(self, images: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Teacher forcing: images [B, H, W, C], tokens [B, L] -> logits [B, L, V]."""
-    return self.decode(self.encode(images), tokens)
+  def __call__(self, x: jax.Array, tokens: jax.Array) -> jax.Array:
+    """Teacher forcing: x [B, ...], tokens [B, L] -> logits [B, L, V]."""
+    return self.decode(self.encode(x), tokens)
 
   def decode(self, cross: tuple[layers.KV, ...], tokens: jax.Array) -> jax.Array:
     """Teacher forcing from precomputed cross KV of B inputs.
@@ -106,10 +110,11 @@ class AREncoder(nn.Module):
 
 
 class NAEncoder(nn.Module):
-  """Non-autoregressive encoder: images [B, H, W, C] -> logits [B, L, V].
+  """Non-autoregressive encoder: x [B, ...] -> logits [B, L, V].
 
   With `outputs` set the head gives [B, L, outputs] instead (VQ-VAE: E, FSQ: d).
   """
+  frontend: nn.Module
   vocab_size: int
   num_tokens: int
   width: int
@@ -121,21 +126,22 @@ class NAEncoder(nn.Module):
   autoregressive = False
 
   @nn.compact
-  def __call__(self, images: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, tokens: jax.Array | None = None) -> jax.Array:
     """`tokens` is accepted for interface parity with AREncoder and ignored."""
     del tokens
     memory = layers.PatchTransformer(self.width, self.num_layers, self.num_heads,
-                                     self.mlp_ratio)(patching.patchify(images, self.num_tokens))
+                                     self.mlp_ratio)(self.frontend(x, self.num_tokens))
     return layers.dense(self.outputs or self.vocab_size)(memory)
 
 
 class ValueNetwork(nn.Module):
-  """images [B, H, W, C] -> [B]: Dense(D) per patch, ReLU, mean over patches, MLP."""
+  """x [B, ...] -> [B]: Dense(D) per front-end token, ReLU, mean over tokens, MLP."""
+  frontend: nn.Module
   num_tokens: int
   width: int
 
   @nn.compact
-  def __call__(self, images: jax.Array) -> jax.Array:
-    x = nn.relu(layers.dense(self.width)(patching.patchify(images, self.num_tokens)))
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.relu(layers.dense(self.width)(self.frontend(x, self.num_tokens)))
     x = nn.relu(layers.dense(self.width)(x.mean(axis=1)))
     return layers.dense(1)(x)[:, 0]

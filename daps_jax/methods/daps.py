@@ -1,0 +1,172 @@
+"""DAPS and DAPS-NA: the encoder as a policy, trained by policy search.
+
+Shape legend: B batch (per device), K samples per input, L latent tokens.
+
+`policy_search_step` advantages, closed-form importance weights, ESS, eta update,
+                     weighted maximum-likelihood update of q_theta(z|x) (the
+                     equations are in `daps_jax.losses`).
+`train_step`         sample K latents -> `base.decoder_step` -> policy_search_step,
+                     one dispatch.
+`init_aux`           the trust-region dual state (`state.aux['dual']`).
+
+`daps` uses the autoregressive encoder, `daps_na` the bidirectional one with
+independent per-token logits; the losses are the same. Each step takes an
+optional `axis_name`: gradients and statistics are averaged over it, so the same
+code runs on one device or under `pmap`.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax.training import train_state
+
+from daps_jax import errors
+from daps_jax import latents
+from daps_jax import losses
+from daps_jax import optim
+from daps_jax import parallel
+from daps_jax import state as state_lib
+from daps_jax.methods import base
+
+# Spec section 5: (ess_target, beta (initial, final)) per dataset.
+SETTINGS = {
+    'daps': {'mnist': (0.33, (0.5, 0.01)), 'cifar10': (0.33, (6.0, 0.01)),
+             'imagenet2012': (0.25, (50.0, 1.0))},
+    'daps_na': {'mnist': (0.5, (0.5, 0.01)), 'cifar10': (0.33, (6.0, 1.0)),
+                'imagenet2012': (0.25, (50.0, 1.0))},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DapsHparams:
+  num_samples: int  # K
+  ess_target: float  # target ESS / K in (0, 1]
+  beta: base.Schedule  # step -> entropy weight
+
+
+def config(name: str, dataset: str) -> ml_collections.ConfigDict:
+  ess_target, beta = SETTINGS[name][dataset]
+  m = ml_collections.ConfigDict()
+  m.name = name  # The method (daps_jax.methods.REGISTRY).
+  base.add_samples(m)
+  base.add_beta(m, beta)
+  m.ess_target = ess_target  # Target effective sample size as a fraction of K.
+  m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
+  m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
+  return m
+
+
+def validate(m: ml_collections.ConfigDict) -> None:
+  base.validate_samples(m)
+  base.validate_beta(m)
+  errors.check(0 < m.ess_target <= 1, 'method.ess_target',
+               f'is a fraction of K in (0, 1], got {m.ess_target}.')
+  errors.check(m.ess_target * m.num_samples >= 1, 'method.ess_target',
+               f'ess_target * K = {m.ess_target * m.num_samples} < 1 can never be reached '
+               '(ESS >= 1); raise ess_target or num_samples.')
+  errors.check(m.eta_init > 0, 'method.eta_init', 'must be positive.')
+
+
+def latent(config: ml_collections.ConfigDict) -> base.Latent:
+  return base.Latent(autoregressive=config.method.name == 'daps')
+
+
+def make(config: ml_collections.ConfigDict, networks) -> base.Method:
+  me = config.method
+  beta = base.beta_schedule(config)
+  hparams = DapsHparams(num_samples=me.num_samples, ess_target=me.ess_target, beta=beta)
+  # No decay or clipping of log(eta): decay would pull eta towards 1.
+  dual_tx = optim.adamw(me.eta_learning_rate, weight_decay=0.0, clip=None,
+                        max_consecutive_skips=config.optim.max_consecutive_skips)
+  return base.Method(
+      name=me.name, train_step=functools.partial(train_step, networks=networks, hparams=hparams),
+      encode=base.categorical_encode,
+      init_aux=lambda rng, enc_vars, dec_vars: init_aux(me.eta_init, dual_tx),
+      beta_final=me.beta_final,
+      schedules={**base.learning_rate_schedules(config), 'policy/beta': beta})
+
+
+def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_state.TrainState,
+                       x: jax.Array, rollout: latents.Rollout, rewards: jax.Array,
+                       beta: jax.Array, *, encoder, ess_target: float,
+                       axis_name: str | None = None
+                       ) -> tuple[state_lib.ModelState, train_state.TrainState, dict]:
+  """One DAPS encoder and trust-region update (see `losses` for the equations).
+
+  Args:
+    encoder_state: the encoder's `ModelState` (the policy that drew `rollout`).
+    dual_state: `TrainState` with params {'log_eta': scalar}.
+    x: [B, ...] inputs.
+    rollout: tokens [B, K, L] and their log q [B, K] under the encoder.
+    rewards: [B, K] returns log p(x|z); treated as constants.
+    beta: scalar entropy weight.
+    encoder: the encoder module; ess_target: target ESS / K.
+    axis_name: optional axis to average gradients and ESS statistics over.
+  Returns:
+    (new encoder state, new dual state, metrics).
+  """
+  k = rollout.tokens.shape[1]
+  log_eta = dual_state.params['log_eta']
+  behaviour_log_q = jax.lax.stop_gradient(rollout.log_q)
+  advantages = losses.soft_max_advantages(jax.lax.stop_gradient(rewards))
+  log_w = losses.log_importance_weights(advantages, behaviour_log_q, jnp.exp(log_eta), beta)
+  weights = jnp.exp(log_w)
+
+  def loss_fn(params):
+    scores = latents.score_latents(encoder, {'params': params}, x, rollout.tokens)
+    return losses.weighted_nll(weights, scores.log_q), scores
+
+  (policy_loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(encoder_state.params)
+  grads = parallel.pmean(grads, axis_name)
+  new_encoder = encoder_state.apply_gradients(grads=grads)
+
+  ess, d_ess = parallel.pmean(losses.ess_and_grad(advantages, behaviour_log_q, log_eta, beta),
+                              axis_name)
+  dual_loss, dual_grad = losses.dual_loss_and_grad(ess, d_ess, k * ess_target)
+  new_dual = dual_state.apply_gradients(grads={'log_eta': dual_grad})
+
+  metrics = {
+      'loss/policy': policy_loss,
+      'loss/dual': dual_loss,
+      'dual/eta': jnp.exp(log_eta),
+      'dual/ess_fraction': ess / k,
+      'policy/advantage': advantages.mean(),
+      'policy/max_weight': weights.max(-1).mean(),
+      **base.policy_metrics(beta, scores, rewards, grads, new_encoder),
+  }
+  return new_encoder, new_dual, metrics
+
+
+def init_aux(eta_init: float, tx) -> dict:
+  """{'dual': TrainState of {'log_eta'}} with eta = eta_init and optimiser `tx`."""
+  log_eta = jnp.log(jnp.asarray(eta_init, jnp.float32))
+  return {'dual': train_state.TrainState.create(apply_fn=None, params={'log_eta': log_eta},
+                                                tx=tx)}
+
+
+def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
+               hparams: DapsHparams, axis_name: str | None = None
+               ) -> tuple[state_lib.State, dict]:
+  """Sample K latents, update the decoder, then the encoder and eta.
+
+  `rng` is the run's loop key: the step and each input's global index in the
+  batch are folded in here, so every step and input draws different latents and
+  the result does not depend on the number of devices. `batch['inputs']` is
+  [B, ...].
+  """
+  x = batch['inputs']
+  beta = hparams.beta(state.step)
+  rollout, decoder, log_p, dec_metrics = base.sample_and_decoder_step(
+      state, state.encoder.params, x, rng, num_samples=hparams.num_samples, networks=networks,
+      axis_name=axis_name)
+  encoder, dual, pol_metrics = policy_search_step(state.encoder, state.aux['dual'], x, rollout,
+                                                  log_p, beta, encoder=networks.encoder,
+                                                  ess_target=hparams.ess_target,
+                                                  axis_name=axis_name)
+  metrics = {**dec_metrics, **pol_metrics}
+  new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,
+                              aux={'dual': dual})
+  return new_state, parallel.pmean(metrics, axis_name)
