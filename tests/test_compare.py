@@ -21,21 +21,21 @@ def _compare(workdir, *args):
 
 def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   workdir = str(tmp_path)
-  result = _compare(workdir, '--methods=daps_na,fsq', '--seeds=2')
+  result = _compare(workdir, '--methods=vimco,fsq', '--seeds=2')
   assert result.returncode == 0, result.stderr[-3000:]
   for name in ('results.md', 'results.csv', 'results.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0, name
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = {row['method']: row for row in csv.DictReader(f)}
-  assert set(rows) == {'daps_na', 'fsq'}
-  assert rows['daps_na']['num_seeds'] == rows['fsq']['num_seeds'] == '2'
-  assert float(rows['daps_na']['eval/beta_elbo_mean']) < 0
+  assert set(rows) == {'vimco', 'fsq'}
+  assert rows['vimco']['num_seeds'] == rows['fsq']['num_seeds'] == '2'
+  assert float(rows['vimco']['eval/beta_elbo_mean']) < 0
   assert rows['fsq']['eval/beta_elbo_mean'] == ''  # No analytic q(z|x): not applicable.
-  assert float(rows['daps_na']['bits']) == 8 * 4  # L log2 V with V = 16.
+  assert float(rows['vimco']['bits']) == 8 * 4  # L log2 V with V = 16.
   assert math.isclose(float(rows['fsq']['bits']), 8 * math.log2(240))  # Levels (8, 6, 5).
   seeds = []
   for i in range(2):
-    with open(os.path.join(workdir, 'daps_na', f'seed_{i}', 'config.json')) as f:
+    with open(os.path.join(workdir, 'vimco', f'seed_{i}', 'config.json')) as f:
       seeds.append(json.load(f)['seed'])
   assert seeds == [0, 1]
   table = open(os.path.join(workdir, 'results.md')).read()
@@ -47,13 +47,13 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   for i, fid in enumerate((12.0, 14.0)):
     with open(os.path.join(workdir, 'fsq', f'seed_{i}', 'eval_00000002.json'), 'w') as f:
       json.dump({'metrics': {'eval/fid': fid}}, f)
-  again = _compare(workdir, '--methods=daps_na,fsq', '--seeds=2')
+  again = _compare(workdir, '--methods=vimco,fsq', '--seeds=2')
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count('skipped') == 4
   assert os.path.getsize(metrics) == size  # Nothing retrained.
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = {row['method']: row for row in csv.DictReader(f)}
-  assert float(rows['fsq']['eval/fid_mean']) == 13.0 and rows['daps_na']['eval/fid_mean'] == ''
+  assert float(rows['fsq']['eval/fid_mean']) == 13.0 and rows['vimco']['eval/fid_mean'] == ''
   assert 'reconstructions vs the test originals (rfid)' in open(
       os.path.join(workdir, 'results.md')).read()
 

@@ -21,7 +21,7 @@ def test_configs_load_and_validate(dataset, method):
   config = helpers.load_config(dataset, f'method={method}')
   config_lib.validate(config)
   assert config.method.name == method
-  if method in ('daps', 'daps_na', 'ppo'):
+  if method in ('daps', 'daps_na', 'ppo', 'vimco'):
     assert config.method.num_samples == 8
   for field in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps',
                 'seed'):
@@ -59,7 +59,7 @@ def test_spec_settings():
 
 
 @pytest.mark.parametrize('dataset', DATASETS)
-@pytest.mark.parametrize('method', ['ppo'])
+@pytest.mark.parametrize('method', ['ppo', 'vimco'])
 def test_score_function_methods_take_daps_beta_and_k(dataset, method):
   config = helpers.load_config(dataset, f'method={method}').method
   daps = helpers.load_config(dataset, 'method=daps').method

@@ -169,6 +169,19 @@ def test_ppo_kl_coefficient_stays_bounded_over_hundreds_of_steps():
   assert float(ppo.adapt_kl_coef(ppo.KL_COEF_MAX, 1.0, 0.01)) == pytest.approx(ppo.KL_COEF_MAX)
 
 
+def test_vimco_step_trains_the_encoder_by_its_surrogate():
+  """One VIMCO step: the decoder takes DAPS's step, the encoder moves, the logged bound
+  is the K-sample bound of the samples' log weights."""
+  _, _, meth, state = setup('vimco')
+  new, metrics = jax.jit(meth.train_step)(state, batch(), jax.random.key(0))
+  assert float(metrics['grad_norm/encoder']) > 0
+  assert not np.allclose(jax.tree.leaves(new.encoder.params)[0],
+                         jax.tree.leaves(state.encoder.params)[0])
+  np.testing.assert_allclose(metrics['loss/policy'], -metrics['vimco/bound'], rtol=1e-6)
+  assert 1 / 4 <= float(metrics['vimco/max_weight']) <= 1.0  # K = 4 in the tiny config.
+  assert int(new.step) == 1
+
+
 def test_fsq_step_feeds_grid_codes_and_trains_encoder():
   config, nets, meth, state = setup('fsq')
   images = jnp.asarray(batch()['inputs'])
@@ -219,7 +232,7 @@ for method in sys.argv[2:]:
 
 def test_two_devices_equal_one_device_for_the_baselines():
   """Every leaf of the state and every metric after 3 steps, 2 fake CPU devices vs 1."""
-  names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo']
+  names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo', 'vimco']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *names],

@@ -23,6 +23,7 @@ REGISTRY = {
     'vqvae': 'vqvae',
     'fsq': 'fsq',
     'ppo': 'ppo',
+    'vimco': 'vimco',
 }
 NAMES = tuple(REGISTRY)
 
