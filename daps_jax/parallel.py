@@ -67,6 +67,13 @@ def pmean(tree, axis_name: str | None):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def _device_axis(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
+  """Arrays [devices, ...] split over `devices` along the leading axis, as `pmap_step`
+  lays out its inputs and outputs."""
+  return jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                    jax.sharding.PartitionSpec(AXIS))
+
+
 def replicate(tree, devices: Sequence[jax.Device] | None = None):
   """Host pytree -> one copy per device (leading device axis; default: local devices).
 
@@ -74,8 +81,7 @@ def replicate(tree, devices: Sequence[jax.Device] | None = None):
   step is traced and compiled once, not again after its first call.
   """
   devices = devices or jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
+  sharding = _device_axis(devices)
   return jax.tree.map(
       lambda x: jax.device_put(np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))),
                                sharding), tree)
@@ -108,9 +114,7 @@ def device_batch(batch):
   """Host batch [b, ...] -> per-device shards placed as `pmap_step` reads them, so a
   step called on it again and again transfers nothing (benchmarks)."""
   devices = jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
-  return jax.device_put(shard(batch, len(devices)), sharding)
+  return jax.device_put(shard(batch, len(devices)), _device_axis(devices))
 
 
 def pmap_step(fn: Callable, *, donate_state: bool = False, max_traces: int | None = None,
