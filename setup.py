@@ -32,6 +32,6 @@ setuptools.setup(
         'tf': ['tensorflow-cpu'],  # Only to prepare the stock tfds datasets.
         'cuda': ['jax[cuda]'],
         'tpu': ['jax[tpu]'],
-        'test': ['pytest>=8', 'pytest-xdist>=3'],
+        'test': ['hypothesis>=6', 'pytest>=8', 'pytest-xdist>=3'],
     },
 )

@@ -1,7 +1,19 @@
-"""Orbax checkpoints of the train state and the data iterator, in `workdir/checkpoints`."""
+"""Orbax checkpoints of the train state and the data iterator, in `workdir/checkpoints`.
 
+Orbax writes a step into a temporary directory and renames it when the write is
+complete, so a process killed during a save leaves no step that `all_steps` lists
+(`tests/test_faults.py` kills runs during saves). A step that cannot be restored
+(truncated or missing arrays, wrong shapes) is renamed to `<step>.corrupt` by
+`restore_latest`, which then falls back to the previous one.
+"""
+
+import contextlib
+import logging as std_logging
 import os
+import shutil
+import sys
 
+from absl import logging
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -21,10 +33,64 @@ def _shape_mismatches(restored, target) -> list[str]:
   return problems
 
 
+def _size_gb(directory: str) -> float:
+  """Size of the newest complete step directory under `directory`, in GB."""
+  steps = [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
+  if not steps:
+    return 0.0
+  newest = os.path.join(directory, max(steps, key=int))
+  return sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(newest)
+             for f in files) / 1e9
+
+
+class _AbortedReads(std_logging.Filter):
+  """Drops asyncio's 'Task exception was never retrieved' of reads left behind."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Task exception was never retrieved')
+
+
+def _drop_aborted_read_callbacks() -> None:
+  """Keeps a failed restore to its one error message.
+
+  When one read of a corrupt checkpoint fails, orbax's event loop closes while
+  tensorstore still completes the other reads; each completion's callback then
+  raises RuntimeError('Event loop is closed'), which Python prints as an
+  unraisable exception, and the read tasks that failed too are logged by asyncio
+  as never retrieved (dozens of tracebacks after the real error). This drops
+  exactly those; every other unraisable exception goes to the previous hook.
+  """
+  asyncio_logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, _AbortedReads) for f in asyncio_logger.filters):
+    asyncio_logger.addFilter(_AbortedReads())
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_aborted_reads', False):
+    return
+
+  def hook(unraisable):
+    value = unraisable.exc_value
+    if not (isinstance(value, RuntimeError) and str(value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.drops_aborted_reads = True
+  sys.unraisablehook = hook
+
+
+def _free_name(path: str) -> str:
+  """`path`, or `path.1`, `path.2`, ... whichever does not exist yet."""
+  candidate, i = path, 0
+  while os.path.exists(candidate):
+    i += 1
+    candidate = f'{path}.{i}'
+  return candidate
+
+
 class Checkpointer:
   """Saves {state, data} every call of `save`; keeps the newest `keep`."""
 
   def __init__(self, workdir: str, keep: int):
+    _drop_aborted_read_callbacks()
+    self._writing = None  # The step of the save in flight, if any.
     self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
@@ -36,9 +102,28 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def save(self, step: int, state, data_state: dict) -> None:
-    """`state` is a host pytree (numpy); saving is asynchronous."""
-    self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                     data=ocp.args.JsonSave(data_state)))
+    """`state` is a host pytree (numpy); saving is asynchronous (an error of the
+    previous save surfaces here or in `close`, as a CheckpointError naming it)."""
+    with self._write_errors():
+      self._manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                       data=ocp.args.JsonSave(data_state)))
+    self._writing = step
+
+  @contextlib.contextmanager
+  def _write_errors(self):
+    """Turns a failed write (a full disk, an unwritable workdir) into one clear error."""
+    try:
+      yield
+    except CheckpointError:
+      raise
+    except Exception as e:  # Orbax and tensorstore raise many types for failed writes.
+      free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
+      cause = str(e).split(': ')[-1] or type(e).__name__
+      raise CheckpointError(
+          f'Writing checkpoint {self._writing} to {self.directory} failed ({cause}). '
+          f'{free / 1e6:.1f} MB are free there; a checkpoint needs about '
+          f'{_size_gb(self.directory) * 1e3:.1f} MB (the last complete one). Free space or use '
+          f'another --workdir; the older checkpoints {self.all_steps()} are intact.') from e
 
   def restore(self, step: int, target):
     """Restores (state shaped like `target`, data iterator state).
@@ -50,9 +135,7 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises many types for unreadable checkpoints.
-      raise CheckpointError(
-          f'Cannot read checkpoint {step} in {self.directory}: {e}. Start a fresh run with '
-          'another --workdir, or delete that step directory to fall back to an older one.') from e
+      raise CheckpointError(f'Cannot read checkpoint {step} in {self.directory}: {e}') from e
     problems = _shape_mismatches(restored.state, target)
     if problems:
       raise CheckpointError(
@@ -61,6 +144,39 @@ class Checkpointer:
           '(config.json) or use a fresh --workdir.')
     return restored.state, restored.data
 
+  def restore_latest(self, target, *, fallback: bool = True):
+    """(step, state, data state) of the newest checkpoint that restores, or (0, target,
+    None) when there is none.
+
+    With `fallback`, a step that fails to restore is renamed to `<step>.corrupt` (kept,
+    never deleted) with a warning, and the previous one is tried; if none restores,
+    CheckpointError names them all. Without it, the first failure is raised.
+    """
+    renamed = []
+    for step in reversed(self.all_steps()):
+      try:
+        return (step, *self.restore(step, target))
+      except CheckpointError as e:
+        if not fallback:
+          raise CheckpointError(f'{e}. Rerun without --noresume_fallback to fall back to an '
+                                'older checkpoint, or use a fresh --workdir.') from e
+        bad = os.path.join(self.directory, str(step))
+        quarantined = _free_name(bad + '.corrupt')
+        os.rename(bad, quarantined)
+        self._manager.reload()
+        renamed.append(quarantined)
+        logging.warning('%s; renamed it to %s and falling back to the previous checkpoint.',
+                        e, quarantined)
+    if renamed:
+      raise CheckpointError(
+          f'No checkpoint in {self.directory} could be restored; renamed {", ".join(renamed)}. '
+          'Rename one back to retry it, or start a fresh run with another --workdir.')
+    return 0, target, None
+
   def close(self) -> None:
-    self._manager.wait_until_finished()
-    self._manager.close()
+    try:
+      with self._write_errors():
+        self._manager.wait_until_finished()
+        self._manager.check_for_errors()
+    finally:
+      self._manager.close()

@@ -33,6 +33,7 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import errors
 from daps_jax import methods
+from daps_jax import preemption
 from daps_jax import report
 from daps_jax import train
 from daps_jax.evaluation import outputs
@@ -109,7 +110,7 @@ def _median_rate(run: report.Run) -> float:
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=2)
   filename = config_flags.get_config_filename(flags.FLAGS['config'])
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
   unknown = [m for m in _METHODS.value if m not in methods.NAMES]
@@ -119,6 +120,9 @@ def main(argv):
     compare(filename, overrides)
   except errors.UserError as e:
     sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
+  except preemption.Preempted as e:  # Rerunning the command resumes the comparison.
+    logging.warning('%s', e)
+    sys.exit(e.exit_code)
 
 
 def compare(filename: str, overrides: dict) -> None:
@@ -177,4 +181,4 @@ def compare(filename: str, overrides: dict) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

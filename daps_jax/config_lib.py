@@ -4,8 +4,11 @@ A config file is `configs/<dataset>.py` with `get_config(arg)`; the colon argume
 (`configs/cifar10.py:method=daps_na,quickstart`) is parsed by `parse_arg`.
 """
 
+import difflib
 import math
+import sys
 
+from absl import flags
 import ml_collections
 
 from daps_jax import data
@@ -71,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8  # Adam epsilon.
   c.optim.clip = 1.0  # Adaptive (unit-wise) gradient clipping ratio before Adam.
   c.optim.max_consecutive_skips = 100  # Non-finite updates skipped in a row before giving up.
+
+  c.debug = ml_collections.ConfigDict()
+  c.debug.nan_steps = ()  # Fault injection (tests): steps whose training inputs are all NaN.
   return c
 
 
@@ -107,12 +113,29 @@ def set_field(config: ml_collections.ConfigDict, dotted: str, value) -> None:
 
 
 
+def _unset_fields(config: ml_collections.ConfigDict, prefix: str = '') -> list[str]:
+  """Fields set to None that are not optional (optional ones are typed placeholders)."""
+  unset = []
+  for key in config.keys():
+    value = config[key]
+    if isinstance(value, ml_collections.ConfigDict):
+      unset += _unset_fields(value, f'{prefix}{key}.')
+    elif value is None and config.get_type(key) is type(None):
+      unset.append(f'{prefix}{key}')
+  return unset
+
+
 def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   """Raises ConfigError naming the field and the fix for bad values or combinations."""
+  unset = _unset_fields(config)
+  errors.check(not unset, unset[0] if unset else '',
+               'needs a value, got None (only optional fields, such as data.dir, may be None).')
   for field in ('total_steps', 'batch_size', 'eval_batch_size', 'eval_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     errors.check(config[field] > 0, field, f'must be positive, got {config[field]}.')
   errors.check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
+  errors.check(all(isinstance(s, int) and s > 0 for s in config.debug.nan_steps),
+               'debug.nan_steps', f'must be positive steps, got {config.debug.nan_steps}.')
   _validate_fid(config.fid)
   for field in ('batch_size', 'eval_batch_size'):
     errors.check(config[field] % num_devices == 0, field,
@@ -220,3 +243,41 @@ def load(path, arg: str | None = None) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl flags parser of the entry points (`app.run(main, flags_parser=parse_flags)`).
+
+  A bad flag, an unknown `--config.` field or a value of the wrong type ends the
+  program with one line naming it (and, for a misspelt field, the nearest valid
+  name) and exit status 2, before anything runs or is written.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # pylint: disable=broad-except  # absl and ml_collections raise many.
+    print(f'error: {_explain_flags_error(argv, e)}', file=sys.stderr)
+    sys.exit(2)
+
+
+def _explain_flags_error(argv: list[str], error: Exception) -> str:
+  """The first `--config.` override of `argv` that names no field, else `error`'s text."""
+  path = next((a.split('=', 1)[1] for a in argv if a.startswith('--config=')), None)
+  overrides = [a[len('--config.'):].split('=', 1)[0] for a in argv if a.startswith('--config.')]
+  if path and overrides:
+    try:
+      config = load(path.partition(':')[0], path.partition(':')[2] or None)
+    except Exception:  # pylint: disable=broad-except  # The file itself is the problem.
+      return f'--config={path}: {error}'
+    for dotted in overrides:
+      node = config
+      for depth, key in enumerate(dotted.split('.')):
+        if not isinstance(node, ml_collections.ConfigDict) or key not in node:
+          siblings = list(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+          near = difflib.get_close_matches(key, siblings, n=1)
+          parent = '.'.join(['config', *dotted.split('.')[:depth]])
+          hint = f'; did you mean --{parent}.{near[0]}?' if near else (
+              f'; {parent} has {", ".join(sorted(siblings))}.' if siblings else '.')
+          return f'--config.{dotted}: {parent} has no field {key!r}{hint}'
+        node = node[key]
+  message = str(error).strip().splitlines()
+  return message[-1] if message else type(error).__name__

@@ -26,3 +26,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
   """A checkpoint that cannot be restored into this run's state."""
+
+
+class DivergedError(UserError):
+  """Training produced non-finite state; the last good checkpoint is kept."""

@@ -35,7 +35,7 @@ _FID_WEIGHTS = flags.DEFINE_string('fid_weights', None, 'Override config.fid.wei
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}', exitcode=2)
   overrides = {field: flag.value for field, flag in (
       ('data.dir', _DATA_DIR), ('eval_batch_size', _BATCH), ('fid.protocol', _FID_PROTOCOL),
       ('fid.reference', _FID_REFERENCE), ('fid.weights', _FID_WEIGHTS)) if flag.value is not None}
@@ -51,4 +51,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  app.run(main, flags_parser=config_lib.parse_flags)

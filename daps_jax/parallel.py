@@ -57,6 +57,11 @@ def all_processes(flag: bool) -> bool:
   return bool(np.all(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+def any_process(flag: bool) -> bool:
+  """True when `flag` is true on some process (a collective with several processes)."""
+  return not all_processes(not flag)
+
+
 def process_batch_size(global_batch: int) -> int:
   """The share of a global batch that this process loads."""
   return global_batch // jax.process_count()

@@ -12,6 +12,7 @@ import os
 from absl import logging
 import jax
 import ml_collections
+import numpy as np
 
 from daps_jax import build
 from daps_jax import checkpoint
@@ -19,6 +20,7 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import errors
 from daps_jax import parallel
+from daps_jax import preemption
 from daps_jax import state as state_lib
 from daps_jax import writers
 from daps_jax.evaluation import loop
@@ -49,10 +51,14 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       resume_fallback: bool = True) -> dict:
   """Trains to `config.total_steps`, evaluating and checkpointing on the way.
 
-  Returns the metrics of the last evaluation.
+  Resumes from the newest checkpoint that restores (`resume_fallback`: a newer one
+  that does not is renamed `<step>.corrupt` with a warning). On SIGTERM, SIGINT or
+  SIGUSR1 it finishes the step in flight, checkpoints it, flushes the logs and
+  raises `preemption.Preempted`. Returns the metrics of the last evaluation.
   """
   config_lib.validate(config, num_devices=parallel.device_count())
   os.makedirs(workdir, exist_ok=True)
@@ -63,66 +69,105 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   method = run.method
   logging.info('Method %s', build.describe(config, build.param_counts(config)))
   _, rng_loop, _ = state_lib.run_keys(config.seed)
-  state = run.initial_state()
 
   loader = data.train_loader(config.data.name, data_dir=config.data.dir,
                              batch_size=parallel.process_batch_size(config.batch_size),
                              seed=config.seed, worker_count=config.data.worker_count,
                              **parallel.process_rows())
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
-  start_step = ckpt.latest_step() or 0
-  if start_step:
-    state, data_state = ckpt.restore(start_step, state)
-    loader.set_state(data_state)
-    logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
-  state = parallel.replicate(state)
-
-  p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
-  evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
-  writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer())
-  progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
-  eval_metrics = {}
-
-  def run_eval(step: int, train_metrics: dict, final: bool) -> dict:
-    every = config.fid.every_steps
-    with_fid = final or (every > 0 and step % every == 0)
-    result = evaluator(state, step, with_fid=with_fid)
-    result.metrics.update(
-        {k: float(train_metrics[k]) for k in _EVAL_CONTEXT if k in train_metrics})
-    result.metrics.update({k: float(schedule(step)) for k, schedule in method.schedules.items()})
-    if parallel.is_writer():
-      outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
-    logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
-    return result.metrics
-
+  writer = None
   try:
-    metrics = None
-    for step in range(start_step + 1, config.total_steps + 1):
-      batch = parallel.shard(next(loader))
-      previous, (state, metrics) = metrics, p_train_step(state, batch, rng_loop)
-      # At most two steps in flight: an unbounded queue of dispatched steps can starve
-      # the collectives of XLA's CPU devices (a rendezvous timeout), and buys nothing.
-      jax.block_until_ready(previous)
-      final = step == config.total_steps
-      steps_per_sec = progress(step)
-      host_metrics = None
-      if step % config.log_every_steps == 0 or final:
-        host_metrics = parallel.unreplicate(metrics)
-        scalars = {k: float(v) for k, v in host_metrics.items()}
-        scalars.update({k: float(schedule(step - 1)) for k, schedule in method.schedules.items()
-                        if k not in scalars})
-        if steps_per_sec is not None:
-          scalars['perf/steps_per_sec'] = steps_per_sec
-        writer.write_scalars(step, scalars)
-      if step % config.eval_every_steps == 0 or final:
-        eval_metrics = run_eval(step, host_metrics or parallel.unreplicate(metrics), final)
-      if step % config.checkpoint_every_steps == 0 or final:
-        ckpt.save(step, parallel.unreplicate(state), loader.get_state())
-    if start_step >= config.total_steps:
-      logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
+    start_step, state, data_state = ckpt.restore_latest(run.initial_state(),
+                                                        fallback=resume_fallback)
+    if start_step:
+      loader.set_state(data_state)
+      logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
+    state = parallel.replicate(state)
+    p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
+    evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
+    writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer(),
+                                  resume_step=start_step)
+    progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
+    eval_metrics = {}
+    nan_steps = frozenset(config.debug.nan_steps)
+
+    def run_eval(step: int, train_metrics: dict, final: bool) -> dict:
+      every = config.fid.every_steps
+      with_fid = final or (every > 0 and step % every == 0)
+      result = evaluator(state, step, with_fid=with_fid)
+      result.metrics.update(
+          {k: float(train_metrics[k]) for k in _EVAL_CONTEXT if k in train_metrics})
+      result.metrics.update({k: float(schedule(step))
+                             for k, schedule in method.schedules.items()})
+      if parallel.is_writer():
+        outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
+      logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
+      return result.metrics
+
+    def save(step: int) -> None:
+      host_state = parallel.unreplicate(state)
+      check_finite(host_state, step, config.optim.max_consecutive_skips)
+      ckpt.save(step, host_state, loader.get_state())
+
+    with preemption.StopRequest() as stop:
+      metrics = None
+      for step in range(start_step + 1, config.total_steps + 1):
+        batch = next(loader)
+        if step in nan_steps:  # Fault injection (config.debug.nan_steps).
+          batch = {**batch, 'inputs': np.full_like(batch['inputs'], np.nan)}
+        previous, (state, metrics) = metrics, p_train_step(state, parallel.shard(batch),
+                                                           rng_loop)
+        # At most two steps in flight: an unbounded queue of dispatched steps can starve
+        # the collectives of XLA's CPU devices (a rendezvous timeout), and buys nothing.
+        jax.block_until_ready(previous)
+        final = step == config.total_steps
+        steps_per_sec = progress(step)
+        host_metrics = None
+        if step % config.log_every_steps == 0 or final:
+          host_metrics = parallel.unreplicate(metrics)
+          scalars = {k: float(v) for k, v in host_metrics.items()}
+          scalars.update({k: float(schedule(step - 1))
+                          for k, schedule in method.schedules.items() if k not in scalars})
+          if steps_per_sec is not None:
+            scalars['perf/steps_per_sec'] = steps_per_sec
+          writer.write_scalars(step, scalars)
+        stopping = stop.requested()
+        if step % config.eval_every_steps == 0 or final:
+          eval_metrics = run_eval(step, host_metrics or parallel.unreplicate(metrics), final)
+        if step % config.checkpoint_every_steps == 0 or final or stopping:
+          save(step)
+        if stopping:
+          raise preemption.Preempted(stop.signum, step)
+      if start_step >= config.total_steps:
+        logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
   finally:
-    # Also on errors: finish the checkpoint being written and flush the logs.
-    ckpt.close()
-    writer.close()
+    # Also on errors and signals: finish the checkpoint being written and flush the logs.
+    try:
+      ckpt.close()
+    finally:
+      try:
+        if writer is not None:
+          writer.close()
+      except OSError as e:  # E.g. the disk that stopped the checkpoint is full.
+        logging.error('Could not flush the logs in %s: %s', workdir, e)
+      loader.close()
   parallel.barrier('train_and_evaluate')  # No process exits while others still save.
   return eval_metrics
+
+
+def check_finite(state: state_lib.State, step: int, max_skips: int) -> None:
+  """Raises errors.DivergedError when a host `state` is not fit to checkpoint: a
+  non-finite parameter, or an optimiser that skipped `max_skips` non-finite updates
+  in a row (after which optax applies them anyway)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    name = jax.tree_util.keystr(path)
+    if name.endswith('.notfinite_count') and int(leaf) >= max_skips:
+      raise errors.DivergedError(
+          f'Training diverged by step {step}: {int(leaf)} non-finite updates in a row at '
+          f'{name} (config.optim.max_consecutive_skips = {max_skips}). The last good '
+          'checkpoint is kept; resume from it with a lower learning rate, or look for the '
+          'first non-finite metric in metrics.jsonl.')
+    if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.all(np.isfinite(leaf)):
+      raise errors.DivergedError(
+          f'Training diverged by step {step}: {name} is not finite. The last good '
+          'checkpoint is kept; resume from it with a lower learning rate.')

@@ -27,20 +27,29 @@ class MetricWriter:
   starts a new event file per writer, which TensorBoard merges by step. Names
   with '/' ('train/loss') are grouped by their prefix in TensorBoard.
 
+  `resume_step` (a run restored from the checkpoint of that step): records of
+  later steps, written by the run before it was killed, are dropped from
+  metrics.jsonl (rewritten atomically) and purged from TensorBoard (its purge
+  step), so every step appears once and the curves match the restored state.
+
   With `is_writer=False` (every process but one) nothing is created or written.
   """
 
-  def __init__(self, workdir: str | os.PathLike[str], is_writer: bool = True):
+  def __init__(self, workdir: str | os.PathLike[str], is_writer: bool = True,
+               resume_step: int | None = None):
     self._jsonl = None
     self._tb = None
     if is_writer:
       workdir = pathlib.Path(workdir)
       workdir.mkdir(parents=True, exist_ok=True)
+      if resume_step is not None:
+        drop_records_after(workdir / 'metrics.jsonl', resume_step)
       self._jsonl = open(workdir / 'metrics.jsonl', 'a', encoding='utf-8')
       # tensorboardX names event files by the second; the suffix keeps a writer
       # reopened within the same second (a quick resume) from overwriting one.
       self._tb = tensorboardX.SummaryWriter(
-          str(workdir / 'tb'), filename_suffix=f'.{os.getpid()}.{time.time_ns()}')
+          str(workdir / 'tb'), filename_suffix=f'.{os.getpid()}.{time.time_ns()}',
+          purge_step=None if resume_step is None else resume_step + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
     """Appends `scalars` at `step`; values may be numpy or 0-d JAX arrays."""
@@ -83,6 +92,32 @@ class MetricWriter:
       traceback: TracebackType | None,
   ) -> None:
     self.close()
+
+
+def drop_records_after(path: pathlib.Path, step: int) -> int:
+  """Rewrites the JSON-lines file `path` without records of steps after `step`.
+
+  A torn last line (a process killed mid-write) is dropped too. Atomic: a
+  temporary file replaces the old one. Returns the number of lines dropped.
+  """
+  if not path.exists():
+    return 0
+  kept, dropped = [], 0
+  for line in path.read_text(encoding='utf-8').splitlines():
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      dropped += 1
+      continue
+    if record.get('step', 0) <= step:
+      kept.append(line)
+    else:
+      dropped += 1
+  if dropped:
+    temporary = path.with_name(path.name + '.tmp')
+    temporary.write_text(''.join(line + '\n' for line in kept), encoding='utf-8')
+    os.replace(temporary, path)
+  return dropped
 
 
 def format_duration(seconds: float) -> str:

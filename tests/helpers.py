@@ -59,19 +59,23 @@ def all_sequences(vocab_size: int, length: int) -> np.ndarray:
   return np.stack([g.reshape(-1) for g in grids], axis=-1).astype(np.int32)
 
 
-def read_summaries(tb_dir: pathlib.Path) -> list[tuple[int, str, float | None]]:
-  """(step, tag, scalar or None for an image) from TFRecord event files.
+def read_events(tb_dir: pathlib.Path) -> list[event_pb2.Event]:
+  """Every event of the TFRecord event files in `tb_dir`, file by file.
 
   Records are [u64 length][u32 crc][data][u32 crc]; `tensorboard` is not installed.
   """
-  found = []
+  events = []
   for path in sorted(tb_dir.glob('events.out.tfevents.*')):
     data = path.read_bytes()
     offset = 0
     while offset < len(data):
       (length,) = struct.unpack('<Q', data[offset:offset + 8])
-      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
       offset += 12 + length + 4
-      found.extend((event.step, v.tag, v.simple_value if v.HasField('simple_value') else None)
-                   for v in event.summary.value)
-  return found
+  return events
+
+
+def read_summaries(tb_dir: pathlib.Path) -> list[tuple[int, str, float | None]]:
+  """(step, tag, scalar or None for an image) from TFRecord event files."""
+  return [(event.step, v.tag, v.simple_value if v.HasField('simple_value') else None)
+          for event in read_events(tb_dir) for v in event.summary.value]

@@ -355,11 +355,13 @@ def test_tpu_pod_usage_errors(variables, args, message):
 def test_slurm_directives():
   with open(os.path.join(LAUNCH, 'slurm.sbatch')) as f:
     lines = f.read().splitlines()
-  directives = dict(line.split()[1].lstrip('-').split('=', 1) for line in lines
+  directives = dict((*line.split()[1].lstrip('-').split('=', 1), '')[:2] for line in lines
                     if line.startswith('#SBATCH'))
   assert directives['nodes'] == '2'
   assert directives['ntasks-per-node'] == '8' and directives['gpus-per-task'] == '1'
   assert {'job-name', 'time', 'output'} <= set(directives)
+  # The trainer checkpoints on SIGUSR1 before the time limit; the job may be requeued.
+  assert directives['signal'] == 'USR1@300' and 'requeue' in directives
   # sbatch reads directives only up to the first command.
   first_command = next(i for i, line in enumerate(lines[1:], 1)
                        if line.strip() and not line.startswith('#'))
@@ -422,3 +424,22 @@ def test_single_host_dry_run_still_works():
   assert result.returncode == 0, result.stderr
   assert "+ /nonexistent/venv/bin/pip install --quiet -e '.[tpu]'" in result.stdout
 
+
+
+@pytest.mark.parametrize('status, requeued', [(143, True), (138, True), (1, False), (0, False)])
+def test_slurm_requeues_a_run_stopped_by_a_signal(tmp_path, status, requeued):
+  """The trainer exits 128 + SIGTERM/SIGUSR1 after checkpointing: the job requeues itself
+  and keeps that status; any other outcome is passed on and not requeued."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'calls.log'
+  for name, body in (('srun', f'echo "srun $*" >> {log}\nexit {status}\n'),
+                     ('scontrol', f'echo "scontrol $*" >> {log}\n')):
+    (bin_dir / name).write_text(f'#!/bin/sh\n{body}')
+    (bin_dir / name).chmod(0o755)
+  result = _launch('slurm.sbatch', '--config=c.py', PATH=f'{bin_dir}:{os.environ["PATH"]}',
+                   SLURM_JOB_ID='4242', INSTALL='0', VENV=str(tmp_path / 'venv'))
+  assert result.returncode == status, result.stdout + result.stderr
+  calls = log.read_text().splitlines()
+  assert calls[0].startswith('srun ') and calls[0].endswith('--distributed --config=c.py')
+  assert calls[1:] == (['scontrol requeue 4242'] if requeued else [])

@@ -17,6 +17,7 @@ import functools
 import gzip
 import importlib.util
 import os
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -140,7 +141,7 @@ def read_idx(path: PathLike, kind: str) -> np.ndarray:
   try:
     with opener(path, 'rb') as f:
       data = f.read()
-  except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError.
+  except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError.
     raise DataError(f'Cannot read IDX file {path}: {e}') from e
   rank = _IDX_DIMS[kind]
   header = 4 + 4 * rank

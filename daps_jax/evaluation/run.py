@@ -34,12 +34,22 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     saved = json.load(f)
   config = config_lib.base_config()
-  for key, value in saved.items():
-    if isinstance(value, dict) and key in config:
-      config[key] = ml_collections.ConfigDict({**config[key].to_dict(), **value})
-    else:
-      config[key] = value
+  _merge(config, saved)
   return config
+
+
+def _merge(node: ml_collections.ConfigDict, saved: dict) -> None:
+  """Writes `saved` into `node`, keeping the types of the fields `node` has; a None the
+  run saved was an optional field then and stays one (a placeholder)."""
+  for key, value in saved.items():
+    if isinstance(value, dict):
+      if key not in node:
+        node[key] = ml_collections.ConfigDict()
+      _merge(node[key], value)
+    elif key in node or value is not None:
+      node[key] = tuple(value) if isinstance(value, list) else value
+    else:
+      node[key] = ml_collections.config_dict.placeholder(object)
 
 
 def evaluate_run(workdir: str, *, step: int | None = None,
