@@ -19,6 +19,10 @@ from daps_jax import build
 from daps_jax import checkpoint
 from tests import helpers
 
+# Several processes with gloo collectives: one such test at a time (`--dist loadgroup`), or
+# on 2 cores their collectives' initialisation can time out.
+pytestmark = pytest.mark.xdist_group('multiprocess')
+
 _TINY = ['--config=configs/testing.py', '--compilation_cache_dir=',
          # The beta schedule of a 4-step run also when a run stops at 2 and resumes.
          '--config.method.beta_decay_steps=4']
