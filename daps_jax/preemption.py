@@ -2,7 +2,8 @@
 
 TPU preemptions and `scancel` send SIGTERM, SLURM's `--signal=USR1@T` sends SIGUSR1
 T seconds before the time limit, Ctrl-C sends SIGINT. While `StopRequest` is
-active its handlers only record the first signal; the training loop asks
+active (the whole of a training run, restore and final checkpoint write included)
+its handlers only record the first signal; the training loop asks
 `requested()` after each step, finishes that step, checkpoints it (data iterator
 included), flushes its logs and raises `Preempted`, which `main` turns into the
 exit status 128 + the signal number (143 for SIGTERM, 130 for SIGINT, 138 for

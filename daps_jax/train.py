@@ -76,40 +76,40 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                              **parallel.process_rows())
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   writer = None
-  try:
-    start_step, state, data_state = ckpt.restore_latest(run.initial_state(),
-                                                        fallback=resume_fallback)
-    if start_step:
-      loader.set_state(data_state)
-      logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
-    state = parallel.replicate(state)
-    p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
-    evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
-    writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer(),
-                                  resume_step=start_step)
-    progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
-    eval_metrics = {}
-    nan_steps = frozenset(config.debug.nan_steps)
+  with preemption.StopRequest() as stop:
+    try:
+      start_step, state, data_state = ckpt.restore_latest(run.initial_state(),
+                                                          fallback=resume_fallback)
+      if start_step:
+        loader.set_state(data_state)
+        logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
+      state = parallel.replicate(state)
+      p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
+      evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
+      writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer(),
+                                    resume_step=start_step)
+      progress = writers.ProgressLogger(config.total_steps, start_step, config.log_every_steps)
+      eval_metrics = {}
+      nan_steps = frozenset(config.debug.nan_steps)
 
-    def run_eval(step: int, train_metrics: dict, final: bool) -> dict:
-      every = config.fid.every_steps
-      with_fid = final or (every > 0 and step % every == 0)
-      result = evaluator(state, step, with_fid=with_fid)
-      result.metrics.update(
-          {k: float(train_metrics[k]) for k in _EVAL_CONTEXT if k in train_metrics})
-      result.metrics.update({k: float(schedule(step))
-                             for k, schedule in method.schedules.items()})
-      if parallel.is_writer():
-        outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
-      logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
-      return result.metrics
+      def run_eval(step: int, train_metrics: dict, final: bool) -> dict:
+        every = config.fid.every_steps
+        with_fid = final or (every > 0 and step % every == 0)
+        result = evaluator(state, step, with_fid=with_fid)
+        result.metrics.update(
+            {k: float(train_metrics[k]) for k in _EVAL_CONTEXT if k in train_metrics})
+        result.metrics.update({k: float(schedule(step))
+                               for k, schedule in method.schedules.items()})
+        if parallel.is_writer():
+          outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
+        logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
+        return result.metrics
 
-    def save(step: int) -> None:
-      host_state = parallel.unreplicate(state)
-      check_finite(host_state, step, config.optim.max_consecutive_skips)
-      ckpt.save(step, host_state, loader.get_state())
+      def save(step: int) -> None:
+        host_state = parallel.unreplicate(state)
+        check_finite(host_state, step, config.optim.max_consecutive_skips)
+        ckpt.save(step, host_state, loader.get_state())
 
-    with preemption.StopRequest() as stop:
       metrics = None
       for step in range(start_step + 1, config.total_steps + 1):
         batch = next(loader)
@@ -140,17 +140,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
           raise preemption.Preempted(stop.signum, step)
       if start_step >= config.total_steps:
         logging.info('Run in %s is already at step %d >= total_steps.', workdir, start_step)
-  finally:
-    # Also on errors and signals: finish the checkpoint being written and flush the logs.
-    try:
-      ckpt.close()
     finally:
+      # Also on errors and signals: finish the checkpoint being written and flush the logs.
       try:
-        if writer is not None:
-          writer.close()
-      except OSError as e:  # E.g. the disk that stopped the checkpoint is full.
-        logging.error('Could not flush the logs in %s: %s', workdir, e)
-      loader.close()
+        ckpt.close()
+      finally:
+        try:
+          if writer is not None:
+            writer.close()
+        except OSError as e:  # E.g. the disk that stopped the checkpoint is full.
+          logging.error('Could not flush the logs in %s: %s', workdir, e)
+        loader.close()
   parallel.barrier('train_and_evaluate')  # No process exits while others still save.
   return eval_metrics
 
