@@ -13,10 +13,17 @@ beta >= 0 the entropy weight.
   L_theta = -mean_b sum_k sg(w_bk) log q_theta(z_bk | x_b)
   L_eta   = (ESS(eta) - K * ess_target)^2
 
+ESS is non-decreasing in eta: with c = A - beta log q and t = 1/(eta + beta),
+d log ESS / dt = 2 (E_w[c] - E_{w^2}[c]) <= 0, because w^2 (normalised) tilts w
+further towards large c. So ESS(eta) = target can be solved exactly per batch by
+bisection on log eta (`solve_log_eta`) instead of gradient steps on L_eta.
+
 Weights are normalised with logsumexp over K: raw returns are never exponentiated.
 Reference: Drolet et al., "Discrete Variational Autoencoding via Policy Search",
 ICLR 2026, and the MPO / V-MPO dual of Abdolmaleki et al. and Song et al.
 """
+
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -64,3 +71,31 @@ def dual_loss_and_grad(ess: jax.Array, d_ess: jax.Array, target: float
   """
   gap = ess - target
   return jnp.square(gap), 2.0 * gap * d_ess
+
+
+def solve_log_eta(advantages: jax.Array, log_q: jax.Array, beta: jax.Array, target: float, *,
+                  log_eta_min: float, log_eta_max: float, iterations: int,
+                  mean: Callable[[jax.Array], jax.Array] = lambda x: x) -> jax.Array:
+  """log eta in [log_eta_min, log_eta_max] with ESS(eta) = target, by bisection.
+
+  ESS is the batch mean of `effective_sample_size`, passed through `mean` at every
+  iteration (a cross-device mean under `pmap`, so every device takes the same
+  branch). ESS is non-decreasing in eta, so a target below ESS(eta_min) returns
+  log_eta_min and one above ESS(eta_max) returns log_eta_max. The result is
+  within (log_eta_max - log_eta_min) / 2**(iterations + 1) of the root.
+  """
+  advantages, log_q, beta = jax.lax.stop_gradient((advantages, log_q, beta))
+
+  def ess(log_eta):
+    log_w = log_importance_weights(advantages, log_q, jnp.exp(log_eta), beta)
+    return mean(effective_sample_size(log_w).mean())
+
+  def halve(_, bracket):
+    lo, hi = bracket
+    mid = 0.5 * (lo + hi)
+    short = ess(mid) < target  # The root lies above mid.
+    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
+
+  bracket = (jnp.asarray(log_eta_min, jnp.float32), jnp.asarray(log_eta_max, jnp.float32))
+  lo, hi = jax.lax.fori_loop(0, iterations, halve, bracket)
+  return 0.5 * (lo + hi)

@@ -4,12 +4,15 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import methods
+from daps_jax import state as state_lib
 from tests import helpers
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet')
@@ -79,6 +82,7 @@ _IMPORTS_SCRIPT = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
 from daps_jax import methods
+from daps_jax import state as state_lib
 for name in methods.NAMES:
   methods.module(name)
 banned = [m for m in sys.modules if m.startswith(('daps_jax.fid', 'daps_jax.evaluation',
@@ -160,9 +164,28 @@ def test_dotted_overrides_and_bad_config_from_the_command_line(tmp_path):
     ('gumbel', lambda m: setattr(m, 'tau_final', 0.0), 'config.method.tau_init'),
     ('grmck_na', lambda m: setattr(m, 'num_gumbels', 0), 'config.method.num_gumbels'),
     ('ppo', lambda m: setattr(m, 'clip_ratio', 1.5), 'config.method.clip_ratio'),
+    ('daps', lambda m: setattr(m, 'dual_solver', 'newton'), 'config.method.dual_solver'),
+    ('daps_na', lambda m: setattr(m, 'eta_max', 1e-5), 'config.method.eta_min'),
+    ('daps', lambda m: setattr(m, 'bisection_iterations', 0), 'config.method.bisection_iterations'),
 ])
 def test_baseline_fields_are_validated(method, mutate, field):
   config = helpers.load_config('mnist', f'method={method}')
   mutate(config.method)
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
     config_lib.validate(config)
+
+
+@pytest.mark.parametrize('dataset', DATASETS)
+def test_bisection_dual_solver_builds_on_every_dataset_config(dataset):
+  """The whole train step with `dual_solver=bisection`, traced on each config's real
+  networks (shapes only: nothing is allocated or compiled)."""
+  config = helpers.load_config(dataset, 'method=daps')
+  config.method.dual_solver = 'bisection'
+  config_lib.validate(config)
+  run = build.assemble(config)
+  state = jax.eval_shape(lambda r: state_lib.create_state(
+      r, run.networks, build.optimizers(config), init_aux=run.method.init_aux),
+                         jax.random.key(0))
+  batch = {'inputs': jax.ShapeDtypeStruct((2, *run.spec.shape), jnp.float32)}
+  new_state, metrics = jax.eval_shape(run.method.train_step, state, batch, jax.random.key(1))
+  assert metrics['dual/eta'].shape == () and new_state.aux['dual'].params['log_eta'].shape == ()

@@ -128,3 +128,69 @@ def test_no_gradient_through_sampling(problem):
   grad_forced = jax.grad(lambda p: latents.score_latents(
       encoder, p, images, tokens).log_q.sum())(params)
   assert optax.tree.norm(grad_forced) > 1e-3
+
+
+def _random_problem(seed: int, b: int = 16, k: int = 8, scale: float = 5.0):
+  rng = np.random.default_rng(seed)
+  rewards = rng.normal(scale=scale, size=(b, k))
+  log_q = np.log(rng.dirichlet(np.ones(k), size=b))
+  adv = losses.soft_max_advantages(jnp.asarray(rewards, jnp.float32))
+  return adv, jnp.asarray(log_q, jnp.float32), rewards, log_q
+
+
+def _ess(adv, log_q, log_eta, beta):
+  return losses.effective_sample_size(
+      losses.log_importance_weights(adv, log_q, jnp.exp(log_eta), beta)).mean()
+
+
+@pytest.mark.parametrize('seed,beta', [(0, 0.01), (1, 0.5), (2, 6.0), (3, 50.0)])
+def test_ess_is_non_decreasing_in_eta(seed, beta):
+  adv, log_q, *_ = _random_problem(seed, scale=[1.0, 5.0, 30.0, 300.0][seed])
+  grid = jnp.linspace(np.log(1e-4), np.log(1e6), 400)
+  ess = np.asarray(jax.vmap(lambda le: _ess(adv, log_q, le, beta))(grid))
+  assert np.all(np.diff(ess) >= -1e-5 * ess[1:]), np.diff(ess).min()
+  assert ess[-1] - ess[0] > 0.5  # The grid spans a real change.
+
+
+BRACKET = dict(log_eta_min=np.log(1e-4), log_eta_max=np.log(1e6), iterations=30)
+
+
+@pytest.mark.parametrize('seed,beta,fraction', [(0, 0.01, 0.33), (1, 0.5, 0.5), (2, 6.0, 0.25)])
+def test_bisection_solves_the_ess_target(seed, beta, fraction):
+  adv, log_q, rewards, log_q64 = _random_problem(seed, scale=[5.0, 20.0, 50.0][seed])
+  target = 8 * fraction
+  log_eta = jax.jit(lambda a, q: losses.solve_log_eta(a, q, beta, target, **BRACKET))(adv, log_q)
+  assert BRACKET['log_eta_min'] + 0.1 < log_eta < BRACKET['log_eta_max'] - 0.1  # Interior root.
+  np.testing.assert_allclose(numpy_ess(log_q64, rewards, np.exp(float(log_eta)), beta),
+                             target, rtol=1e-4)
+
+
+def test_bisection_clamps_an_unreachable_target_to_the_bracket():
+  adv, log_q, *_ = _random_problem(0)
+  solve = lambda target: float(losses.solve_log_eta(adv, log_q, 0.5, target, **BRACKET))
+  # 1 <= ESS <= K = 8 for every eta: the bracket's ends are the closest one can get.
+  np.testing.assert_allclose(solve(8.5), BRACKET['log_eta_max'], atol=1e-5)
+  np.testing.assert_allclose(solve(0.5), BRACKET['log_eta_min'], atol=1e-5)
+
+
+def test_policy_search_step_with_bisection_weights_at_the_solved_eta(problem):
+  """The step solves eta for this batch, stores it, and weights the update with it."""
+  encoder, params, images, tokens, log_q, rewards = problem
+  enc, dual = _states(params, encoder)
+  dual = train_state.TrainState.create(apply_fn=None, params={'log_eta': jnp.log(ETA)},
+                                       tx=optax.set_to_zero())
+  rollout = latents.Rollout(tokens, jnp.asarray(log_q, jnp.float32))
+  bisection = daps.Bisection(**BRACKET)
+  new_enc, new_dual, metrics = jax.jit(
+      lambda e, d: daps.policy_search_step(e, d, images, rollout, rewards, BETA, encoder=encoder,
+                                           ess_target=ESS_TARGET, bisection=bisection))(enc, dual)
+  eta = float(np.exp(new_dual.params['log_eta']))
+  assert abs(np.log(eta / ETA)) > 0.1  # Solved, not the stored eta.
+  np.testing.assert_allclose(numpy_ess(log_q, rewards, eta, BETA), 9 * ESS_TARGET, rtol=1e-4)
+  np.testing.assert_allclose(metrics['dual/ess_fraction'], ESS_TARGET, rtol=1e-4)
+  np.testing.assert_allclose(metrics['dual/eta'], eta, rtol=1e-6)
+  w = jnp.asarray(numpy_weights(log_q, rewards, eta, BETA)[1], jnp.float32)
+  loss = lambda p: -jnp.mean(jnp.sum(
+      w * latents.score_latents(encoder, {'params': p}, images, tokens).log_q, -1))
+  moved = jax.tree.map(lambda a, b: a - b, params['params'], new_enc.params)
+  chex.assert_trees_all_close(moved, jax.grad(loss)(params['params']), atol=2e-5, rtol=1e-3)

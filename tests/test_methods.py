@@ -202,7 +202,10 @@ from tests import helpers
 assert jax.local_device_count() == 2, jax.devices()
 
 def run(method, devices):
+  method, _, solver = method.partition(':')
   config = helpers.tiny_config(method)
+  if solver:  # DAPS's bisection: the ESS in each halving is a mean over both devices.
+    config.method.dual_solver = solver
   if method == 'vqvae':  # The optional EMA codebook and restarts: statistics summed over devices.
     config.method.ema_decay, config.method.restart_threshold = 0.5, 0.4
   run = build.assemble(config, bn_axis_name=parallel.AXIS)
@@ -232,7 +235,7 @@ for method in sys.argv[2:]:
 
 def test_two_devices_equal_one_device_for_the_baselines():
   """Every leaf of the state and every metric after 3 steps, 2 fake CPU devices vs 1."""
-  names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo', 'vimco']
+  names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo', 'vimco', 'daps:bisection']
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
              JAX_PLATFORMS='cpu')
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *names],

@@ -17,10 +17,12 @@ code runs on one device or under `pmap`.
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 from flax.training import train_state
 
 from daps_jax import errors
@@ -40,11 +42,23 @@ SETTINGS = {
 }
 
 
+DUAL_SOLVERS = ('adam', 'bisection')
+
+
+@dataclasses.dataclass(frozen=True)
+class Bisection:
+  """Solve ESS(eta) = target per batch for log eta in [log_eta_min, log_eta_max]."""
+  log_eta_min: float
+  log_eta_max: float
+  iterations: int
+
+
 @dataclasses.dataclass(frozen=True)
 class DapsHparams:
   num_samples: int  # K
   ess_target: float  # target ESS / K in (0, 1]
   beta: base.Schedule  # step -> entropy weight
+  bisection: Bisection | None = None  # None: the paper's AdamW steps on L_eta
 
 
 def config(name: str, dataset: str) -> ml_collections.ConfigDict:
@@ -54,8 +68,14 @@ def config(name: str, dataset: str) -> ml_collections.ConfigDict:
   base.add_samples(m)
   base.add_beta(m, beta)
   m.ess_target = ess_target  # Target effective sample size as a fraction of K.
-  m.eta_init = 100.0  # Initial trust-region temperature eta (learned in log space).
-  m.eta_learning_rate = 1e-3  # AdamW learning rate of log(eta).
+  # 'adam': the paper's AdamW steps on (ESS - K ess_target)^2, from eta_init;
+  # 'bisection': eta solved per batch so that ESS = K ess_target exactly.
+  m.dual_solver = 'adam'
+  m.eta_init = 100.0  # adam: initial trust-region temperature eta (learned in log space).
+  m.eta_learning_rate = 1e-3  # adam: AdamW learning rate of log(eta).
+  m.eta_min = 1e-4  # bisection: the bracket of eta; a target out of reach clamps to it.
+  m.eta_max = 1e6
+  m.bisection_iterations = 30  # bisection: halvings of the log-eta bracket per step.
   return m
 
 
@@ -67,7 +87,13 @@ def validate(m: ml_collections.ConfigDict) -> None:
   errors.check(m.ess_target * m.num_samples >= 1, 'method.ess_target',
                f'ess_target * K = {m.ess_target * m.num_samples} < 1 can never be reached '
                '(ESS >= 1); raise ess_target or num_samples.')
+  errors.check(m.dual_solver in DUAL_SOLVERS, 'method.dual_solver',
+               f'is one of {", ".join(DUAL_SOLVERS)}, got {m.dual_solver!r}.')
   errors.check(m.eta_init > 0, 'method.eta_init', 'must be positive.')
+  errors.check(0 < m.eta_min < m.eta_max, 'method.eta_min',
+               f'needs 0 < eta_min < eta_max, got {m.eta_min} and {m.eta_max}.')
+  errors.check(m.bisection_iterations >= 1, 'method.bisection_iterations',
+               f'must be at least 1, got {m.bisection_iterations}.')
 
 
 def latent(config: ml_collections.ConfigDict) -> base.Latent:
@@ -77,10 +103,17 @@ def latent(config: ml_collections.ConfigDict) -> base.Latent:
 def make(config: ml_collections.ConfigDict, networks) -> base.Method:
   me = config.method
   beta = base.beta_schedule(config)
-  hparams = DapsHparams(num_samples=me.num_samples, ess_target=me.ess_target, beta=beta)
-  # No decay or clipping of log(eta): decay would pull eta towards 1.
-  dual_tx = optim.adamw(me.eta_learning_rate, weight_decay=0.0, clip=None,
-                        max_consecutive_skips=config.optim.max_consecutive_skips)
+  if me.dual_solver == 'bisection':
+    bisection = Bisection(log_eta_min=math.log(me.eta_min), log_eta_max=math.log(me.eta_max),
+                          iterations=me.bisection_iterations)
+    dual_tx = optax.set_to_zero()  # log(eta) is solved, not stepped: no optimiser state.
+  else:
+    bisection = None
+    # No decay or clipping of log(eta): decay would pull eta towards 1.
+    dual_tx = optim.adamw(me.eta_learning_rate, weight_decay=0.0, clip=None,
+                          max_consecutive_skips=config.optim.max_consecutive_skips)
+  hparams = DapsHparams(num_samples=me.num_samples, ess_target=me.ess_target, beta=beta,
+                        bisection=bisection)
   return base.Method(
       name=me.name, train_step=functools.partial(train_step, networks=networks, hparams=hparams),
       encode=base.categorical_encode,
@@ -92,7 +125,7 @@ def make(config: ml_collections.ConfigDict, networks) -> base.Method:
 def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_state.TrainState,
                        x: jax.Array, rollout: latents.Rollout, rewards: jax.Array,
                        beta: jax.Array, *, encoder, ess_target: float,
-                       axis_name: str | None = None
+                       bisection: Bisection | None = None, axis_name: str | None = None
                        ) -> tuple[state_lib.ModelState, train_state.TrainState, dict]:
   """One DAPS encoder and trust-region update (see `losses` for the equations).
 
@@ -104,14 +137,22 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
     rewards: [B, K] returns log p(x|z); treated as constants.
     beta: scalar entropy weight.
     encoder: the encoder module; ess_target: target ESS / K.
+    bisection: None to take an AdamW step on L_eta from the state's eta (the
+      paper); else eta is solved for this batch first and used for its weights.
     axis_name: optional axis to average gradients and ESS statistics over.
   Returns:
     (new encoder state, new dual state, metrics).
   """
   k = rollout.tokens.shape[1]
-  log_eta = dual_state.params['log_eta']
   behaviour_log_q = jax.lax.stop_gradient(rollout.log_q)
   advantages = losses.soft_max_advantages(jax.lax.stop_gradient(rewards))
+  if bisection is None:
+    log_eta = dual_state.params['log_eta']
+  else:
+    log_eta = losses.solve_log_eta(
+        advantages, behaviour_log_q, beta, k * ess_target, log_eta_min=bisection.log_eta_min,
+        log_eta_max=bisection.log_eta_max, iterations=bisection.iterations,
+        mean=functools.partial(parallel.pmean, axis_name=axis_name))
   log_w = losses.log_importance_weights(advantages, behaviour_log_q, jnp.exp(log_eta), beta)
   weights = jnp.exp(log_w)
 
@@ -126,7 +167,10 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
   ess, d_ess = parallel.pmean(losses.ess_and_grad(advantages, behaviour_log_q, log_eta, beta),
                               axis_name)
   dual_loss, dual_grad = losses.dual_loss_and_grad(ess, d_ess, k * ess_target)
-  new_dual = dual_state.apply_gradients(grads={'log_eta': dual_grad})
+  if bisection is None:
+    new_dual = dual_state.apply_gradients(grads={'log_eta': dual_grad})
+  else:
+    new_dual = dual_state.replace(step=dual_state.step + 1, params={'log_eta': log_eta})
 
   metrics = {
       'loss/policy': policy_loss,
@@ -165,6 +209,7 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
   encoder, dual, pol_metrics = policy_search_step(state.encoder, state.aux['dual'], x, rollout,
                                                   log_p, beta, encoder=networks.encoder,
                                                   ess_target=hparams.ess_target,
+                                                  bisection=hparams.bisection,
                                                   axis_name=axis_name)
   metrics = {**dec_metrics, **pol_metrics}
   new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,
