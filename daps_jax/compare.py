@@ -14,7 +14,6 @@ and the codebook-usage histograms.
 """
 
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -25,7 +24,6 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
-import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
@@ -35,8 +33,8 @@ from daps_jax import errors
 from daps_jax import methods
 from daps_jax import preemption
 from daps_jax import report
+from daps_jax import runs as runs_lib
 from daps_jax import train
-from daps_jax.evaluation import outputs
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Dataset config file (any method).',
                                           lock_config=False)
@@ -56,51 +54,6 @@ PAPER_TABLE1 = {
         'daps_na': {'eval/beta_elbo': -46.96, 'eval/psnr': 18.36},
     },
 }
-
-
-def method_config(filename: str, overrides: dict, method: str,
-                  seed_offset: int) -> ml_collections.ConfigDict:
-  """The config file's config for `method` with the command line's overrides."""
-  path, _, arg = filename.partition(':')
-  items = [item for item in arg.split(',') if item and not item.startswith('method=')]
-  config = config_lib.load(path, ','.join(items + [f'method={method}']))
-  for dotted, value in overrides.items():
-    config_lib.set_field(config, dotted, value)
-  config.seed += seed_offset
-  return config
-
-
-def _records(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if not os.path.exists(path):
-    return []
-  with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
-
-
-def _final_eval(records: list[dict], step: int) -> dict | None:
-  evals = [r for r in records if r.get('step') == step and 'eval/psnr' in r]
-  return evals[-1] if evals else None
-
-
-def finished(workdir: str, total_steps: int) -> bool:
-  """A run that evaluated at its last step (and saved its code histogram)."""
-  return (_final_eval(_records(workdir), total_steps) is not None
-          and os.path.exists(outputs.counts_path(workdir, total_steps)))
-
-
-def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:
-  records = _records(workdir)
-  final = {k: v for k, v in _final_eval(records, config.total_steps).items() if k != 'step'}
-  # A later `python -m daps_jax.evaluate` of the final checkpoint (e.g. adding FID).
-  evaluated = outputs.json_path(workdir, config.total_steps)
-  if os.path.exists(evaluated):
-    with open(evaluated) as f:
-      final.update(json.load(f)['metrics'])
-  return report.Run(method=config.method.name, seed=seed_offset,
-                    final=final, curve=records,
-                    code_counts=np.load(outputs.counts_path(workdir, config.total_steps)),
-                    bits=config_lib.bits_per_input(config))
 
 
 def _median_rate(run: report.Run) -> float:
@@ -130,21 +83,21 @@ def compare(filename: str, overrides: dict) -> None:
   configs = {}
   for method in _METHODS.value:  # Every config is checked before the first run starts.
     for i in range(_SEEDS.value):
-      config = method_config(filename, overrides, method, i)
+      config = runs_lib.method_config(filename, overrides, method, i)
       config_lib.validate(config, num_devices=jax.device_count())
       configs[method, i] = config
 
   runs, wall = [], {}
   for (method, i), config in configs.items():
     workdir = os.path.join(_WORKDIR.value, method, f'seed_{i}')
-    if finished(workdir, config.total_steps):
+    if runs_lib.finished(workdir, config.total_steps):
       logging.info('%s seed %d: finished in %s, skipped.', method, i, workdir)
     else:
       logging.info('%s seed %d: training in %s.', method, i, workdir)
       start = time.time()
       train.train_and_evaluate(config, workdir)
       wall[method] = wall.get(method, 0.0) + time.time() - start
-    runs.append(load_run(workdir, config, i))
+    runs.append(runs_lib.load_run(workdir, config, i))
 
   first = next(iter(configs.values()))
   spec = data.get_spec(first.data.name)

@@ -159,7 +159,7 @@ def _format_bits(bits: float) -> str:
   return f'{bits:.0f}' if float(bits).is_integer() else f'{bits:.1f}'
 
 
-def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:
   """Markdown table lines; the first column left-aligned, the others right-aligned."""
   align = [':--'] + ['--:'] * (len(header) - 1)
   return ['| ' + ' | '.join(cells) + ' |' for cells in [header, align, *body]]
@@ -195,7 +195,7 @@ def markdown(rows: Sequence[Row], meta: Mapping[str, str],
   lines = ['# Results', '']
   lines += [f'- {key}: {value}' for key, value in meta.items()]
   lines += ['']
-  lines += _table(['method', 'seeds', 'bits'] + [c.header for c in columns], body)
+  lines += markdown_table(['method', 'seeds', 'bits'] + [c.header for c in columns], body)
 
   cited = [row.method for row in rows if reference and row.method in reference]
   if cited:
@@ -205,7 +205,7 @@ def markdown(rows: Sequence[Row], meta: Mapping[str, str],
                             for c in ref_columns]
                 for method in cited]
     lines += ['', '## Paper (Table 1)', '']
-    lines += _table(['method'] + [c.header for c in ref_columns], ref_body)
+    lines += markdown_table(['method'] + [c.header for c in ref_columns], ref_body)
 
   lines += ['', 'Legend: mean ± sample standard deviation over seeds (0 with one seed); '
             '**bold**: best in its column (higher is better, except FID); '

@@ -1,0 +1,62 @@
+"""Training runs on disk, as `compare` and the benchmark studies keep them.
+
+A run is a directory holding an ordinary training run (`daps_jax.train`):
+metrics.jsonl, checkpoints, and the code histogram of each evaluation. A run is
+finished when it evaluated at its config's last step; a finished run loads as a
+`report.Run`.
+"""
+
+import json
+import os
+
+import ml_collections
+import numpy as np
+
+from daps_jax import config_lib
+from daps_jax import report
+from daps_jax.evaluation import outputs
+
+
+def method_config(filename: str, overrides: dict, method: str,
+                  seed_offset: int) -> ml_collections.ConfigDict:
+  """The config file's config for `method` with the command line's overrides."""
+  path, _, arg = filename.partition(':')
+  items = [item for item in arg.split(',') if item and not item.startswith('method=')]
+  config = config_lib.load(path, ','.join(items + [f'method={method}']))
+  for dotted, value in overrides.items():
+    config_lib.set_field(config, dotted, value)
+  config.seed += seed_offset
+  return config
+
+
+def _records(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _final_eval(records: list[dict], step: int) -> dict | None:
+  evals = [r for r in records if r.get('step') == step and 'eval/psnr' in r]
+  return evals[-1] if evals else None
+
+
+def finished(workdir: str, total_steps: int) -> bool:
+  """A run that evaluated at its last step (and saved its code histogram)."""
+  return (_final_eval(_records(workdir), total_steps) is not None
+          and os.path.exists(outputs.counts_path(workdir, total_steps)))
+
+
+def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:
+  records = _records(workdir)
+  final = {k: v for k, v in _final_eval(records, config.total_steps).items() if k != 'step'}
+  # A later `python -m daps_jax.evaluate` of the final checkpoint (e.g. adding FID).
+  evaluated = outputs.json_path(workdir, config.total_steps)
+  if os.path.exists(evaluated):
+    with open(evaluated) as f:
+      final.update(json.load(f)['metrics'])
+  return report.Run(method=config.method.name, seed=seed_offset,
+                    final=final, curve=records,
+                    code_counts=np.load(outputs.counts_path(workdir, config.total_steps)),
+                    bits=config_lib.bits_per_input(config))
