@@ -83,8 +83,9 @@ class Cell:
 
 
 def grid(solvers, horizons, learning_rates) -> list[Cell]:
-  errors.check(all(s in SOLVERS for s in solvers), '--solvers',
-               f'are of {", ".join(SOLVERS)}, got {solvers}.')
+  unknown = [s for s in solvers if s not in SOLVERS]
+  if unknown:
+    raise errors.ConfigError(f'--solvers: unknown {unknown}; valid: {", ".join(SOLVERS)}.')
   return [Cell(s, int(h), float(lr)) for s, h, lr in
           itertools.product(solvers, horizons, learning_rates)]
 
@@ -124,8 +125,9 @@ def study(filename: str, overrides: dict) -> None:
   jobs = []
   for cell, method, i in itertools.product(cells, _METHODS.value, range(_SEEDS.value)):
     config = runs_lib.method_config(filename, overrides, method, i)
-    errors.check('dual_solver' in config.method, '--methods',
-                 f'the study is of the DAPS methods; {method} has no trust region.')
+    if 'dual_solver' not in config.method:
+      raise errors.ConfigError(f'--methods: {method} has no trust region; the study is of '
+                               'daps and daps_na.')
     for dotted, value in cell.overrides(config.total_steps).items():
       config_lib.set_field(config, dotted, value)
     config_lib.validate(config, num_devices=jax.device_count())

@@ -23,6 +23,7 @@ config's batch. Results go to one JSON file (`bench/results/<platform>.json` by
 default) and a table on stdout; see bench/README.md for the columns.
 """
 
+import ast
 import datetime
 import json
 import os
@@ -64,6 +65,9 @@ _PAPER_BATCH = flags.DEFINE_bool('paper_batch', False,
                                  "Use the config's batch on CPU too, not CPU_BATCH.")
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed steps.')
 _WARMUP = flags.DEFINE_integer('warmup', 1, 'Untimed steps after the first (compiling) call.')
+_OVERRIDE = flags.DEFINE_multi_string(
+    'override', [], 'field=value set in every config, e.g. --override=method.num_samples=16 '
+    '(values as Python literals, else strings).')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the parameters, latents and synthetic images.')
 _OUTPUT = flags.DEFINE_string(
     'output', None, 'JSON file (default: bench/results/<platform>.json in the repository).')
@@ -133,6 +137,20 @@ def load_config(name: str, method: str):
   return config_lib.load(path, f'method={method}')
 
 
+def parse_overrides(items: list[str]) -> dict:
+  """['a.b=16', 'c=bisection'] -> {'a.b': 16, 'c': 'bisection'}."""
+  overrides = {}
+  for item in items:
+    dotted, sep, text = item.partition('=')
+    if not sep:
+      raise ValueError(f'--override={item}: expected field=value.')
+    try:
+      overrides[dotted] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[dotted] = text
+  return overrides
+
+
 def choose_batch(config, platform_name: str, batch_size: int | None, paper_batch: bool) -> int:
   """--batch_size, else CPU_BATCH on CPU (unless --paper_batch), else the config's."""
   if batch_size:
@@ -163,6 +181,9 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
               num_steps: int, warmup: int, seed: int, timer: _CompileTimer) -> dict:
   """Builds, compiles and times one config x method; returns its record."""
   config = load_config(config_name, method)
+  overrides = parse_overrides(_OVERRIDE.value)
+  for dotted, value in overrides.items():
+    config_lib.set_field(config, dotted, value)
   platform_name = jax.default_backend()
   num_devices = jax.local_device_count()
   config_batch_size = config.batch_size
@@ -209,6 +230,7 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
   m = config.model
   record = {
       'config': config_name, 'method': method, 'dataset': config.data.name,
+      'overrides': {k: str(v) for k, v in overrides.items()},
       'platform': platform_name, 'device_kind': device.device_kind, 'num_devices': num_devices,
       'jax_version': jax.__version__,
       'batch_size': config.batch_size, 'per_device_batch': config.batch_size // num_devices,
@@ -239,7 +261,8 @@ def run_isolated(config_name: str, method: str) -> list[dict]:
     command = [sys.executable, os.path.abspath(__file__), f'--configs={config_name}',
                f'--methods={method}', '--noisolate', f'--record_out={out}',
                f'--steps={_STEPS.value}', f'--warmup={_WARMUP.value}', f'--seed={_SEED.value}',
-               f'--paper_batch={_PAPER_BATCH.value}']
+               f'--paper_batch={_PAPER_BATCH.value}',
+               *(f'--override={item}' for item in _OVERRIDE.value)]
     if _BATCH_SIZE.value:
       command.append(f'--batch_size={_BATCH_SIZE.value}')
     code = subprocess.run(command, check=False).returncode
