@@ -13,6 +13,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=['daps_jax', 'daps_jax.*']),
     install_requires=[
         'absl-py>=2.1',
+        'array_record>=0.8',  # The prepared LAFAN1 files (tfds and grain use it too).
         'chex>=0.1.90',
         'flax>=0.12',
         'grain>=0.2.15',

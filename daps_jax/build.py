@@ -34,21 +34,28 @@ def networks(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
   else:
     encoder = models.NAEncoder(num_layers=m.na_layers, mlp_ratio=m.na_mlp_ratio,
                                outputs=latent.encoder_head, **common)
+  lik = m.likelihood
+  if lik.kind == 'bernoulli':
+    likelihood = models.Bernoulli()
+  else:
+    likelihood = models.Gaussian(variance_min=lik.variance_min, variance_max=lik.variance_max,
+                                 variance=lik.variance)
   d = m.decoder
   if d.kind == 'mlp':
     decoder = models.mlp_decoder(vocab_size=m.vocab_size, shape=spec.shape,
                                  embed_dim=d.embed_dim, hidden_dims=tuple(d.hidden_dims),
                                  code_dim=latent.code_dim)
+  elif d.kind == 'motion':
+    frames, channels = spec.shape
+    decoder = models.motion_decoder(vocab_size=m.vocab_size, num_frames=frames,
+                                    outputs=channels * likelihood.outputs_per_channel,
+                                    embed_dim=d.embed_dim, num_layers=d.num_layers,
+                                    code_dim=latent.code_dim)
   else:
     decoder = models.resnet_decoder(vocab_size=m.vocab_size, num_tokens=m.num_tokens,
                                     image_shape=spec.shape, embed_dim=d.embed_dim,
                                     channels=d.channels, num_res_blocks=d.num_res_blocks,
                                     bn_axis_name=bn_axis_name, code_dim=latent.code_dim)
-  lik = m.likelihood
-  if lik.kind == 'bernoulli':
-    likelihood = models.Bernoulli()
-  else:
-    likelihood = models.Gaussian(variance_min=lik.variance_min, variance_max=lik.variance_max)
   return models.Networks(encoder, decoder, likelihood, input_shape=tuple(spec.shape),
                          num_codes=latent.num_codes or m.vocab_size, code_dim=latent.code_dim)
 
@@ -79,17 +86,20 @@ class Assembly:
     return jax.device_get(jax.jit(create)(rng_init))
 
 
-def assemble(config: ml_collections.ConfigDict, bn_axis_name: str | None = None) -> Assembly:
-  """config -> spec -> networks -> method (the config must be valid)."""
-  spec = data.get_spec(config.data.name)
+def assemble(config: ml_collections.ConfigDict, bn_axis_name: str | None = None,
+             spec: data.DatasetSpec | None = None) -> Assembly:
+  """config -> spec -> networks -> method (the config must be valid). `spec`
+  replaces the dataset's (e.g. a nominal motion spec before any data exists)."""
+  spec = spec or data.get_spec(config.data.name, config.data.dir)
   nets = networks(config, spec, bn_axis_name)
   return Assembly(config, spec, nets, methods.module(config.method.name).make(config, nets))
 
 
-def param_counts(config: ml_collections.ConfigDict) -> dict[str, int]:
+def param_counts(config: ml_collections.ConfigDict,
+                 spec: data.DatasetSpec | None = None) -> dict[str, int]:
   """{'encoder', 'decoder', [an aux network such as PPO's 'value',] 'total'} trainable
   parameter counts of a config, from shapes only (nothing is allocated)."""
-  run = assemble(config)
+  run = assemble(config, spec=spec)
   state = jax.eval_shape(lambda r: state_lib.create_state(
       r, run.networks, optimizers(config), init_aux=run.method.init_aux), jax.random.key(0))
   size = lambda params: sum(x.size for x in jax.tree.leaves(params))

@@ -60,7 +60,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.fid.chunk_size = 64  # Images per Inception call on a device (bounds activation memory).
 
   c.data = ml_collections.ConfigDict()
-  c.data.name = ''  # A dataset of daps_jax.data.SPECS.
+  c.data.name = ''  # A dataset of daps_jax.data.NAMES.
   c.data.dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir or IDX folder.
   c.data.worker_count = 0  # grain worker processes for the train stream (0: in-process).
 
@@ -141,20 +141,26 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
     errors.check(config[field] % num_devices == 0, field,
                  f'{config[field]} does not divide by the {num_devices} devices; '
                  f'use a multiple of {num_devices}.')
-  errors.check(config.data.name in data.SPECS, 'data.name',
-               f'{config.data.name!r} is not one of {", ".join(data.SPECS)}.')
+  errors.check(config.data.name in data.NAMES, 'data.name',
+               f'{config.data.name!r} is not one of {", ".join(data.NAMES)}.')
   m = config.model
   errors.check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
   errors.check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
   errors.check(m.width % (2 * m.num_heads) == 0, 'model.width',
                f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
-  errors.check(m.decoder.kind in ('mlp', 'resnet'), 'model.decoder.kind', "use 'mlp' or 'resnet'.")
-  expected = data.get_spec(config.data.name).likelihood
+  errors.check(m.decoder.kind in DECODERS, 'model.decoder.kind',
+               f'{m.decoder.kind!r}: use one of {", ".join(DECODERS)}.')
+  expected = data.likelihood(config.data.name)
   errors.check(m.likelihood.kind == expected, 'model.likelihood.kind',
                f'{m.likelihood.kind!r} does not fit dataset {config.data.name!r}; '
                f'use {expected!r}.')
   if m.likelihood.kind == 'gaussian':
     lo, hi = m.likelihood.variance_min, m.likelihood.variance_max
+    errors.check(m.likelihood.variance is None or m.likelihood.variance > 0,
+                 'model.likelihood.variance', 'must be positive or None (learned).')
+    errors.check(m.likelihood.variance is None or m.decoder.kind == 'motion',
+                 'model.likelihood.variance', f'a fixed variance needs a decoder that outputs '
+                 f'the mean only (motion), not {m.decoder.kind!r}.')
     errors.check(lo is None or lo > 0, 'model.likelihood.variance_min', 'must be positive or None.')
     errors.check(lo is None or hi is None or lo < hi, 'model.likelihood.variance_max',
                  'must exceed variance_min.')
@@ -164,6 +170,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
   methods.validate(config)
 
 
+DECODERS = ('mlp', 'resnet', 'motion')
 FID_PROTOCOLS = ('rfid', 'authors')
 
 
@@ -210,6 +217,14 @@ def mlp_decoder(*, embed_dim: int, hidden_dims: tuple[int, ...]) -> ml_collectio
   return d
 
 
+def motion_decoder(*, embed_dim: int, num_layers: int = 2) -> ml_collections.ConfigDict:
+  d = ml_collections.ConfigDict()
+  d.kind = 'motion'  # Embed -> bidirectional transformer -> Conv1D k4 s2 -> Dense(C).
+  d.embed_dim = embed_dim  # Token embedding size (= transformer width).
+  d.num_layers = num_layers  # Bidirectional transformer layers over the tokens.
+  return d
+
+
 def resnet_decoder(*, embed_dim: int, channels: int = 64,
                    num_res_blocks: int = 2) -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
@@ -226,13 +241,15 @@ def bernoulli() -> ml_collections.ConfigDict:
   return lik
 
 
-def gaussian(variance_range: tuple[float, float] | None = None) -> ml_collections.ConfigDict:
+def gaussian(variance_range: tuple[float, float] | None = None,
+             variance: float | None = None) -> ml_collections.ConfigDict:
   lik = ml_collections.ConfigDict()
-  lik.kind = 'gaussian'  # Diagonal Gaussian over standardised pixels.
+  lik.kind = 'gaussian'  # Diagonal Gaussian over standardised inputs.
   lo, hi = variance_range or (None, None)
-  unbounded = lambda v: ml_collections.config_dict.placeholder(float) if v is None else v
-  lik.variance_min = unbounded(lo)  # Variance floor (None: unbounded).
-  lik.variance_max = unbounded(hi)  # Variance cap (None: unbounded).
+  unset = lambda v: ml_collections.config_dict.placeholder(float) if v is None else v
+  lik.variance = unset(variance)  # A fixed variance (the decoder outputs the mean only), or
+  lik.variance_min = unset(lo)  # None: decoded log-variance, floored here (None: unbounded)
+  lik.variance_max = unset(hi)  # and capped here (None: unbounded).
   return lik
 
 

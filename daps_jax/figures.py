@@ -1,12 +1,16 @@
-"""A picture of codebook usage, rendered to a uint8 image.
+"""Pictures of codebook usage and of motion reconstructions, rendered to uint8 images.
 
 Shape legend: L latent positions, V codebook size, H, W image height and width.
 The input is the [L, V] histogram of codes over a validation split, e.g. the
 summed `metrics.code_counts`; the output is a uint8 RGB [H, W, 3] image for
 TensorBoard (`writers.MetricWriter.write_images`) or a PNG (`images.save_png`).
 
-Everything is host-side numpy; matplotlib is imported only by `codebook_figure`
-and renders with Agg on a bare `Figure`, so pyplot's global state is untouched.
+`motion_figure` draws validation windows [N, T, C] of motion features, the
+reconstruction over the truth.
+
+Everything is host-side numpy; matplotlib is imported only by the figure
+functions and renders with Agg on a bare `Figure`, so pyplot's global state is
+untouched.
 """
 
 import numpy as np
@@ -135,6 +139,59 @@ def _plot_heatmap(fig, ax, counts: np.ndarray, order: np.ndarray) -> None:
   fig.colorbar(image, ax=ax, label='count / inputs')
 
 
+MOTION_WINDOWS = 3  # windows shown, one row each
+MOTION_FEATURES = 4  # features shown per window, the ones that move most
+
+
+def _render(fig) -> np.ndarray:
+  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
+  canvas = backend_agg.FigureCanvasAgg(fig)
+  canvas.draw()
+  return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # contiguous, owns its memory.
+
+
+def motion_figure(originals: np.ndarray, reconstructions: np.ndarray,
+                  feature_names: tuple[str, ...] | None = None, title: str = '') -> np.ndarray:
+  """Feature curves of up to 3 validation windows: truth solid, reconstruction dashed.
+
+  One row per window and one panel per feature; the features are the 4 with the
+  largest variance over time in the windows shown (the joints that move).
+
+  Args:
+    originals: [N, T, C] features on the [0, 1] scale (min-max normalised).
+    reconstructions: [N, T, C], the same shape.
+    feature_names: C names for the panel titles (default 'feature i').
+    title: optional figure title, e.g. 'step 1000'.
+  Returns:
+    uint8 [H, W, 3] RGB image.
+  """
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  if originals.shape != reconstructions.shape or originals.ndim != 3 or not len(originals):
+    raise ValueError(f'motion_figure needs two equal [N, T, C] arrays, N >= 1; got '
+                     f'{originals.shape} and {reconstructions.shape}.')
+  windows = min(len(originals), MOTION_WINDOWS)
+  shown = originals[:windows]
+  moving = np.argsort(-shown.var(1).mean(0), kind='stable')[:MOTION_FEATURES]
+  names = feature_names or tuple(f'feature {i}' for i in range(originals.shape[-1]))
+  fig = figure.Figure(figsize=(3.0 * len(moving), 2.2 * windows), dpi=DPI, layout='constrained')
+  axes = np.asarray(fig.subplots(windows, len(moving), squeeze=False, sharex=True))
+  frames = np.arange(originals.shape[1])
+  for row in range(windows):
+    for col, feature in enumerate(moving):
+      ax = axes[row, col]
+      ax.plot(frames, originals[row, :, feature], color='black', lw=1.2, label='truth')
+      ax.plot(frames, reconstructions[row, :, feature], color=CURVE_COLOUR, lw=1.2, ls='--',
+              label='reconstruction')
+      ax.set_ylim(-0.05, 1.05)
+      ax.set_title(f'window {row}: {names[feature]}', fontsize=8)
+      ax.tick_params(labelsize=7)
+  axes[-1, 0].set_xlabel('frame', fontsize=8)
+  axes[0, 0].legend(fontsize=7)
+  if title:
+    fig.suptitle(title)
+  return _render(fig)
+
+
 def codebook_figure(counts: np.ndarray, title: str = '') -> np.ndarray:
   """Two panels on how a validation split used the codebook, as an RGB image.
 
@@ -159,7 +216,6 @@ def codebook_figure(counts: np.ndarray, title: str = '') -> np.ndarray:
       entries, or is all zero.
   """
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  from matplotlib.backends import backend_agg  # pylint: disable=g-import-not-at-top
 
   counts = _check_counts(counts)
   pooled = counts.sum(0)
@@ -168,11 +224,9 @@ def codebook_figure(counts: np.ndarray, title: str = '') -> np.ndarray:
                      'there is no usage to plot.')
   order = _rank_order(pooled)
   fig = figure.Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
-  canvas = backend_agg.FigureCanvasAgg(fig)
   ax_rank, ax_heat = fig.subplots(1, 2, width_ratios=(1.0, 1.25))
   _plot_rank_frequency(ax_rank, pooled, order, counts.shape[0])
   _plot_heatmap(fig, ax_heat, counts, order)
   if title:
     fig.suptitle(title)
-  canvas.draw()
-  return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # contiguous, owns its memory.
+  return _render(fig)

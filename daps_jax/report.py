@@ -59,12 +59,13 @@ COLUMNS = (
     Column('eval/beta_elbo', 'β-ELBO', True, '.2f'),
     Column('eval/elbo', 'ELBO', True, '.2f'),
     Column('eval/psnr', 'PSNR (dB)', True, '.2f'),
+    Column('eval/psnr_batch', 'PSNR per batch (authors)', True, '.2f'),
     Column('codebook/used_fraction', 'codebook used', True, '.3f'),
     Column('codebook/perplexity', 'perplexity', True, '.1f'),
     Column('eval/fid', 'FID', False, '.2f'),
 )
 # Columns shown only when at least one row has them; the others are always shown.
-_OPTIONAL = frozenset({'eval/fid'})
+_OPTIONAL = frozenset({'eval/fid', 'eval/psnr_batch'})
 
 
 @dataclasses.dataclass(frozen=True)

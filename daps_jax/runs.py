@@ -60,3 +60,15 @@ def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) 
                     final=final, curve=records,
                     code_counts=np.load(outputs.counts_path(workdir, config.total_steps)),
                     bits=config_lib.bits_per_input(config))
+
+
+def seeds_per_method(names: list[str], default: int, exceptions: list[str]) -> dict[str, int]:
+  """{method: number of seeds}: `default`, except 'method=n' items of `exceptions`."""
+  seeds = dict.fromkeys(names, default)
+  for item in exceptions:
+    name, _, count = item.partition('=')
+    if name not in seeds or not count.isdigit() or int(count) < 1:
+      raise ValueError(f'--method_seeds={item}: expected METHOD=N with N >= 1 and METHOD one of '
+                       f'--methods ({", ".join(names)}).')
+    seeds[name] = int(count)
+  return seeds

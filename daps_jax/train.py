@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         result.metrics.update({k: float(schedule(step))
                                for k, schedule in method.schedules.items()})
         if parallel.is_writer():
-          outputs.write(workdir, step, result, writer, config=config, split=run.spec.eval_split)
+          outputs.write(workdir, step, result, writer, config=config, spec=run.spec)
         logging.info('eval step %d: %s', step, outputs.summary(result.metrics))
         return result.metrics
 

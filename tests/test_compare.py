@@ -7,6 +7,9 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+from daps_jax import runs
 from tests import helpers
 
 _TINY = ['--config=configs/testing.py', '--config.eval_batch_size=500',
@@ -47,12 +50,15 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   for i, fid in enumerate((12.0, 14.0)):
     with open(os.path.join(workdir, 'fsq', f'seed_{i}', 'eval_00000002.json'), 'w') as f:
       json.dump({'metrics': {'eval/fid': fid}}, f)
-  again = _compare(workdir, '--methods=vimco,fsq', '--seeds=2')
+  # Fewer seeds for one method: its first seed is reused, nothing is retrained.
+  again = _compare(workdir, '--methods=vimco,fsq', '--seeds=2', '--method_seeds=vimco=1')
   assert again.returncode == 0, again.stderr[-3000:]
-  assert again.stderr.count('skipped') == 4
+  assert again.stderr.count('skipped') == 3
   assert os.path.getsize(metrics) == size  # Nothing retrained.
   with open(os.path.join(workdir, 'results.csv')) as f:
     rows = {row['method']: row for row in csv.DictReader(f)}
+  assert (rows['vimco']['num_seeds'], rows['fsq']['num_seeds']) == ('1', '2')
+  assert 'vimco 1, fsq 2 (config.seed 0 + i)' in open(os.path.join(workdir, 'results.md')).read()
   assert float(rows['fsq']['eval/fid_mean']) == 13.0 and rows['vimco']['eval/fid_mean'] == ''
   assert 'reconstructions vs the test originals (rfid)' in open(
       os.path.join(workdir, 'results.md')).read()
@@ -64,3 +70,10 @@ def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
   assert result.returncode != 0
   assert "config.method.eta_init: method 'vqvae' has no field" in result.stderr
   assert not os.path.exists(os.path.join(str(tmp_path), 'daps'))
+
+
+def test_method_seeds_are_checked():
+  assert runs.seeds_per_method(['daps', 'vimco'], 3, ['vimco=2']) == {'daps': 3, 'vimco': 2}
+  for bad in ('fsq=2', 'vimco=0', 'vimco'):
+    with pytest.raises(ValueError, match='--method_seeds'):
+      runs.seeds_per_method(['daps', 'vimco'], 3, [bad])

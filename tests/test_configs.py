@@ -13,9 +13,10 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import methods
 from daps_jax import state as state_lib
+from daps_jax.data import motion
 from tests import helpers
 
-DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet')
+DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet', 'lafan1')
 
 
 @pytest.mark.parametrize('dataset', DATASETS)
@@ -29,7 +30,7 @@ def test_configs_load_and_validate(dataset, method):
   for field in ('total_steps', 'batch_size', 'eval_every_steps', 'checkpoint_every_steps',
                 'seed'):
     assert field in config
-  assert config.data.name in data.SPECS
+  assert config.data.name in data.NAMES
 
 
 def test_spec_settings():
@@ -61,6 +62,26 @@ def test_spec_settings():
   assert (gumbel_na.beta_init, gumbel_na.beta_final) == (6.0, 0.01)
 
 
+def test_lafan1_settings():
+  """Spec section 5's LAFAN1 rows: L 64, V 1024 (640 bits), Gaussian of variance 0.25."""
+  load = lambda method: helpers.load_config('lafan1', f'method={method}')
+  config = load('daps')
+  assert (config.model.num_tokens, config.model.vocab_size, config.model.width) == (64, 1024, 128)
+  assert config_lib.bits_per_input(config) == 640 and config.model.likelihood.variance == 0.25
+  assert (config.method.ess_target, config.method.beta_init, config.method.beta_final) == (
+      0.33, 3.0, 0.01)
+  assert (load('daps_na').method.beta_init, load('daps_na').model.na_layers) == (1.0, 6)
+  gumbel = load('gumbel')
+  assert (gumbel.method.beta_init, gumbel.method.tau_final, gumbel.optim.schedule,
+          gumbel.optim.learning_rate) == (2.0, 1.0, 'cosine', 1e-4)
+  assert (load('gumbel_na').method.beta_init, load('gumbel_na').method.tau_final) == (3.0, 0.75)
+  for name in ('grmck', 'grmck_na'):
+    m = load(name).method
+    assert (m.num_gumbels, m.beta_init, m.tau_final) == (10, 2.0, 0.75)
+  assert load('vqvae').method.commitment_cost == 0.5
+  assert load('fsq').method.levels == (10, 10, 10)
+
+
 @pytest.mark.parametrize('dataset', DATASETS)
 @pytest.mark.parametrize('method', ['ppo', 'vimco'])
 def test_score_function_methods_take_daps_beta_and_k(dataset, method):
@@ -82,14 +103,13 @@ _IMPORTS_SCRIPT = r'''
 import sys
 sys.path.insert(0, sys.argv[1])
 from daps_jax import methods
-from daps_jax import state as state_lib
 for name in methods.NAMES:
   methods.module(name)
 banned = [m for m in sys.modules if m.startswith(('daps_jax.fid', 'daps_jax.evaluation',
                                                   'daps_jax.data'))]
 assert not banned, banned
 from daps_jax import config_lib
-for dataset in ('mnist', 'fashion_mnist', 'cifar10', 'imagenet', 'testing'):
+for dataset in ('mnist', 'fashion_mnist', 'cifar10', 'imagenet', 'lafan1', 'testing'):
   config_lib.validate(config_lib.load(f'{sys.argv[1]}/configs/{dataset}.py', 'method=daps'))
 assert 'tensorflow_datasets' not in sys.modules, 'a config imported tensorflow_datasets'
 print('IMPORTS_OK')
@@ -182,7 +202,8 @@ def test_bisection_dual_solver_builds_on_every_dataset_config(dataset):
   config = helpers.load_config(dataset, 'method=daps')
   config.method.dual_solver = 'bisection'
   config_lib.validate(config)
-  run = build.assemble(config)
+  # LAFAN1's shapes come from its prepared data; the H1 CSV's 29 features stand in.
+  run = build.assemble(config, spec=motion.nominal_spec(29) if dataset == 'lafan1' else None)
   state = jax.eval_shape(lambda r: state_lib.create_state(
       r, run.networks, build.optimizers(config), init_aux=run.method.init_aux),
                          jax.random.key(0))

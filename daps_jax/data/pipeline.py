@@ -1,7 +1,7 @@
 """grain input pipelines: an endless, resumable train stream and eval batches.
 
 Train: source -> shuffle (new order every epoch, from ``seed``) -> repeat ->
-preprocess (augmentation seeded by the global stream position) -> this
+preprocess (augmentation and motion windows seeded by the global stream position) -> this
 process's rows of every global batch -> batch. Every process must pass the same
 ``seed``: global batch k is examples [k B, (k + 1) B) of one global stream, and
 process p of P reads its contiguous block [k B + p b, k B + (p + 1) b) (b = B /
@@ -111,13 +111,13 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
-  spec = preprocess.get_spec(name)
+  spec = preprocess.get_spec(name, data_dir)
   source = get_source(name, spec.train_split, data_dir)
   ds = grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-  if spec.augment:
-    ds = ds.random_map(lambda ex, rng: {'inputs': preprocess.train_image(ex, spec, rng)})
+  if spec.random_train:
+    ds = ds.random_map(lambda ex, rng: {'inputs': preprocess.train_input(ex, spec, rng)})
   else:
-    ds = ds.map(lambda ex: {'inputs': preprocess.eval_image(ex, spec)})
+    ds = ds.map(lambda ex: {'inputs': preprocess.eval_input(ex, spec)})
   ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
                     process_count=process_count)
   iter_ds = ds.batch(batch_size, drop_remainder=True).to_iter_dataset(_READ_OPTIONS)
@@ -132,7 +132,7 @@ def train_loader(name: str, *, data_dir: PathLike | None, batch_size: int,
 
 def num_eval_examples(name: str, data_dir: PathLike | None) -> int:
   """Size of the eval split of dataset ``name`` (all processes together)."""
-  return len(get_source(name, preprocess.get_spec(name).eval_split, data_dir))
+  return len(get_source(name, preprocess.get_spec(name, data_dir).eval_split, data_dir))
 
 
 def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
@@ -153,12 +153,12 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
-  spec = preprocess.get_spec(name)
+  spec = preprocess.get_spec(name, data_dir)
   source = get_source(name, spec.eval_split, data_dir)
   num_batches = math.ceil(len(source) / (batch_size * process_count))
   padding = {'inputs': np.zeros(spec.shape, np.float32), 'mask': False}
   ds = (grain.MapDataset.source(source)
-        .map(lambda ex: {'inputs': preprocess.eval_image(ex, spec), 'mask': True}))
+        .map(lambda ex: {'inputs': preprocess.eval_input(ex, spec), 'mask': True}))
   ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
                     process_count=process_count, num_batches=num_batches, padding=padding)
   return iter(ds.batch(batch_size).to_iter_dataset(_READ_OPTIONS))

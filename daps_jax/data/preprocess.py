@@ -5,6 +5,9 @@ Model space (float32 [H, W, C]):
   {0., 1.}; Bernoulli likelihood.
 * cifar10, imagenet2012: per-channel standardisation ``(x - mean) / std`` on
   the 0..255 scale; Gaussian likelihood.
+* lafan1 (motion, `data.motion`): 32-frame windows of per-feature standardised
+  motion features [32, C], stored standardised by `prepare`; Gaussian likelihood.
+  Its spec is read from the prepared dataset (C depends on the clips' format).
 
 ImageNet is trained on RandomResizedCrop to 256x256 (Szegedy et al. 2015, as
 in torchvision: scale 0.08-1, log-uniform aspect ratio 3/4-4/3, 10 attempts,
@@ -40,7 +43,10 @@ class DatasetSpec:
     eval_split: tfds split name used for validation.
     augment: whether training uses RandomResizedCrop + horizontal flip.
     modality: what an input is, and so the model front end that reads it
-      (``models.frontends.FRONTENDS``): 'image'.
+      (``models.frontends.FRONTENDS``): 'image' or 'motion'.
+    data_range: per-channel (low, high) of the data units that `to_unit` maps to
+      [0, 1]; None: (0, 255), pixels.
+    feature_names: the name of each channel (motion features), or None.
   """
   name: str
   shape: tuple[int, ...]
@@ -51,19 +57,30 @@ class DatasetSpec:
   eval_split: str
   augment: bool = False
   modality: str = 'image'
+  data_range: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+  feature_names: tuple[str, ...] | None = None
+
+  @property
+  def random_train(self) -> bool:
+    """Whether a training example is drawn with an rng (augmentation, motion windows)."""
+    return self.augment or self.modality == 'motion'
 
   def to_unit(self, x: Array) -> Array:
-    """Maps model-space inputs [..., C] back to data units: images on the [0, 1] scale.
+    """Maps model-space inputs [..., C] to data units scaled to [0, 1] by `data_range`.
 
-    ``(x * std + mean) / 255`` per channel for standardised data, identity for
-    binarised data. No clipping (a decoder mean may leave [0, 1]). Plain
-    arithmetic, so it works on numpy arrays and inside jitted JAX code alike.
+    ``(x * std + mean - low) / (high - low)`` per channel for standardised data
+    (images: ``(x * std + mean) / 255``; motion: min-max normalised features),
+    identity for binarised data. No clipping (a decoder mean may leave [0, 1]).
+    Plain arithmetic, so it works on numpy arrays and inside jitted JAX code alike.
     """
     if self.mean is None or self.std is None:
       return x
     mean = np.asarray(self.mean, np.float32)
     std = np.asarray(self.std, np.float32)
-    return (x * std + mean) / np.float32(255.0)
+    if self.data_range is None:
+      return (x * std + mean) / np.float32(255.0)
+    low, high = (np.asarray(v, np.float32) for v in self.data_range)
+    return (x * std + mean - low) / (high - low)
 
 
 def _binary(name: str) -> DatasetSpec:
@@ -84,10 +101,27 @@ SPECS: dict[str, DatasetSpec] = {
 }
 
 
-def get_spec(name: str) -> DatasetSpec:
-  """The spec of dataset ``name``; DataError listing the valid names if unknown."""
+# Datasets whose spec is read from their prepared files (in the data dir), and
+# their likelihoods, known before the files are.
+PREPARED = {'lafan1': 'gaussian'}
+NAMES = (*SPECS, *PREPARED)
+
+
+def likelihood(name: str) -> str:
+  """The likelihood of dataset ``name`` (without reading any data)."""
+  return PREPARED[name] if name in PREPARED else get_spec(name).likelihood
+
+
+def get_spec(name: str, data_dir: str | None = None) -> DatasetSpec:
+  """The spec of dataset ``name``; DataError listing the valid names if unknown.
+
+  ``data_dir`` is read only for the datasets of ``PREPARED`` (lafan1).
+  """
+  if name in PREPARED:
+    from daps_jax.data import motion  # pylint: disable=g-import-not-at-top  # Imports this.
+    return motion.spec(data_dir)
   if name not in SPECS:
-    raise DataError(f'Unknown dataset {name!r}; valid names: {", ".join(SPECS)}.')
+    raise DataError(f'Unknown dataset {name!r}; valid names: {", ".join(NAMES)}.')
   return SPECS[name]
 
 
@@ -140,22 +174,29 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator,
   return left, top, left + w, top + h
 
 
-def eval_image(example: dict[str, Any], spec: DatasetSpec) -> np.ndarray:
-  """One eval example (uint8 'image' [H, W, C]) -> float32 spec.shape."""
+def eval_input(example: dict[str, Any], spec: DatasetSpec) -> np.ndarray:
+  """One eval example (uint8 'image' [H, W, C], or a float32 'motion' window) ->
+  float32 spec.shape."""
+  if spec.modality == 'motion':
+    return np.asarray(example['motion'], np.float32)
   image = example['image']
   if spec.augment:
     image = _resize(image, spec.shape[0])
   return _standardize(image, spec)
 
 
-def train_image(example: dict[str, Any], spec: DatasetSpec,
+def train_input(example: dict[str, Any], spec: DatasetSpec,
                 rng: np.random.Generator) -> np.ndarray:
-  """One train example -> float32 spec.shape, augmented if spec.augment.
+  """One train example -> float32 spec.shape: augmented if spec.augment; for
+  motion, a random window of the example's clip.
 
-  The crop and flip depend only on ``rng`` (and the image size).
+  The crop, flip and window depend only on ``rng`` (and the input's size).
   """
+  if spec.modality == 'motion':
+    from daps_jax.data import motion  # pylint: disable=g-import-not-at-top  # Imports this.
+    return np.asarray(motion.random_window(example['motion'], rng), np.float32)
   if not spec.augment:
-    return eval_image(example, spec)
+    return eval_input(example, spec)
   image = example['image']
   box = random_resized_crop_box(image.shape[0], image.shape[1], rng)
   image = _resize(image, spec.shape[0], box)

@@ -8,6 +8,8 @@ Every source yields the tfds record format, so one grain pipeline serves all:
 * ``mnist`` / ``fashion_mnist``: the standard IDX files when ``data_dir``
   holds them (gzipped or not), otherwise ``tfds.data_source``.
 * ``cifar10`` / ``imagenet2012``: ``tfds.data_source`` over array_record data.
+* ``lafan1``: clips prepared by ``data.motion`` (training: clips, cut into random
+  windows by the pipeline; validation: the fixed tiling of windows).
 
 MNIST (LeCun, Cortes and Burges) is cited as CC BY-SA 3.0; Fashion-MNIST
 (Zalando Research) is MIT.
@@ -222,6 +224,9 @@ def get_source(name: str, split: str,
   None means the tfds default. mnist_embedded ignores it.
   """
   data_dir = os.path.expanduser(data_dir) if data_dir else None
+  if name == 'lafan1':
+    from daps_jax.data import motion  # pylint: disable=g-import-not-at-top
+    return motion.source(split, data_dir)
   if name == 'mnist_embedded':
     return embedded_mnist(split)
   if name in ('mnist', 'fashion_mnist') and data_dir and os.path.isdir(data_dir):

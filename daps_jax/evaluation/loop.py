@@ -3,8 +3,9 @@
 `Evaluator` compiles the pure `step.eval_step` over the devices, holds the FID
 scorer (when the Inception weights are there) and the mean-image baseline, and
 turns the summed batch metrics into a `outputs.Result`: ELBO and beta-ELBO (only
-with an analytic q(z|x)), PSNR and SSIM (per input on [0, 1], averaged),
-codebook usage over the whole split and the FID of the reconstructions.
+with an analytic q(z|x)), PSNR (per input on [0, 1], averaged), for images SSIM
+and the FID of the reconstructions, for motion the authors' per-batch PSNR, and
+codebook usage over the whole split.
 """
 
 from absl import logging
@@ -35,6 +36,8 @@ class Evaluator:
     self._baseline_psnr = None
     self.fid = None
     if fid == 'off':
+      return
+    if run.spec.modality != 'image':  # FID is of images; other modalities have none.
       return
     f = run.config.fid
     try:
@@ -104,7 +107,11 @@ def _metrics(totals: dict, beta_final: float | None) -> dict[str, float]:
   """Split-level metrics from the summed batch metrics; ELBO only with a `kl` sum."""
   n = totals['count']
   result = {'eval/log_p': totals['log_p'] / n, 'eval/psnr': totals['psnr'] / n,
-            'eval/ssim': totals['ssim'] / n, 'eval/num_examples': n}
+            'eval/num_examples': n}
+  if 'ssim' in totals:
+    result['eval/ssim'] = totals['ssim'] / n
+  if 'psnr_batch' in totals:
+    result['eval/psnr_batch'] = totals['psnr_batch'] / totals['batches']
   if 'kl' in totals:
     result['eval/kl'] = totals['kl'] / n
     result['eval/elbo'] = (totals['log_p'] - totals['kl']) / n
@@ -122,7 +129,7 @@ def mean_image_psnr(name: str, data_dir: str | None, *, seed: int, eval_batch_si
   (the whole split when smaller); eval inputs are streamed, so any split size
   works. Inputs in [0, 1], per-input PSNR averaged as in `Evaluator`.
   """
-  spec = data.get_spec(name)
+  spec = data.get_spec(name, data_dir)
   loader = data.train_loader(name, data_dir=data_dir, batch_size=min(256, num_examples),
                              seed=seed)
   needed = min(num_examples, loader.num_examples)

@@ -1,7 +1,8 @@
 """What an evaluation produces, and its files.
 
 `write` puts, in the workdir: `eval_<step>.json` (metrics, FID protocol, data),
-`images/recon_<step>.png`, `images/codebook_<step>.png` (sorted code frequencies
+`images/recon_<step>.png` (images) or `images/motion_<step>.png` (motion feature
+curves), `images/codebook_<step>.png` (sorted code frequencies
 and per-position usage), `codes/counts_<step>.npy` ([L, V] histogram), and the
 scalars and both figures in TensorBoard.
 """
@@ -14,12 +15,14 @@ from typing import NamedTuple
 import ml_collections
 import numpy as np
 
+from daps_jax import data
 from daps_jax import figures
 from daps_jax import images as images_lib
 from daps_jax import writers
 
 # What `--metrics` may name, and the result keys each selects.
 METRICS = ('psnr', 'ssim', 'elbo', 'codebook', 'fid')
+IMAGE_METRICS = ('ssim', 'fid')  # Not computed for other modalities (motion).
 _KEY_PREFIXES = {
     'psnr': ('eval/psnr',), 'ssim': ('eval/ssim',), 'fid': ('eval/fid',),
     'elbo': ('eval/log_p', 'eval/kl', 'eval/elbo', 'eval/beta_elbo'),
@@ -49,18 +52,22 @@ def counts_path(workdir: str, step: int) -> str:
 
 
 def write(workdir: str, step: int, result: Result, writer: writers.MetricWriter, *,
-          config: ml_collections.ConfigDict, split: str, extra: dict | None = None) -> str:
+          config: ml_collections.ConfigDict, spec: data.DatasetSpec,
+          extra: dict | None = None) -> str:
   """Writes an evaluation's files, scalars and figures; returns the JSON's path.
 
-  Call it on the writer process only. `split` is the evaluated split; `extra`
-  (e.g. the checkpoint evaluated) is added to eval_<step>.json.
+  Call it on the writer process only. `spec` is the dataset's (its eval split was
+  evaluated); `extra` (e.g. the checkpoint evaluated) is added to eval_<step>.json.
   """
   path = json_path(workdir, step)
   writer.write_scalars(step, result.metrics)
   pictures = {}
   if result.counts is not None:
     pictures['codebook'] = figures.codebook_figure(result.counts, title=f'step {step}')
-  if result.grid is not None:
+  if result.grid is not None and spec.modality == 'motion':
+    pictures['motion'] = figures.motion_figure(*result.grid, spec.feature_names,
+                                               title=f'step {step}')
+  elif result.grid is not None:
     pictures['reconstructions'] = images_lib.reconstruction_grid(*result.grid)
   writer.write_images(step, pictures)
   for name, picture in pictures.items():
@@ -72,7 +79,7 @@ def write(workdir: str, step: int, result: Result, writer: writers.MetricWriter,
     np.save(counts_file, result.counts)
   record = {
       'step': step, 'method': config.method.name, 'dataset': config.data.name,
-      'split': split,
+      'split': spec.eval_split,
       'num_examples': int(result.metrics.get('eval/num_examples', 0)),
       'fid_protocol': result.fid_protocol,
       'metrics': result.metrics,
@@ -94,6 +101,8 @@ def summary(metrics: dict[str, float]) -> str:
     parts.append(f'PSNR {metrics["eval/psnr"]:.2f} dB'
                  + (f' (mean image {metrics["eval/psnr_mean_image"]:.2f} dB)'
                     if 'eval/psnr_mean_image' in metrics else ''))
+  if 'eval/psnr_batch' in metrics:
+    parts.append(f'per-batch PSNR {metrics["eval/psnr_batch"]:.2f} dB')
   if 'eval/ssim' in metrics:
     parts.append(f'SSIM {metrics["eval/ssim"]:.4f}')
   if 'eval/fid' in metrics:

@@ -74,6 +74,8 @@ def evaluate_run(workdir: str, *, step: int | None = None,
     config_lib.set_field(config, dotted, value)
   config_lib.validate(config, num_devices=parallel.device_count())
   run = build.assemble(config, bn_axis_name=parallel.AXIS)
+  if run.spec.modality != 'image':  # SSIM and FID are of images: skipped, not zero.
+    metrics = tuple(m for m in metrics if m not in outputs.IMAGE_METRICS)
 
   ckpt = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   try:
@@ -95,7 +97,7 @@ def evaluate_run(workdir: str, *, step: int | None = None,
   if parallel.is_writer():
     with writers.MetricWriter(os.path.join(workdir, 'evaluate')) as writer:
       path = outputs.write(
-          workdir, step, result, writer, config=config, split=run.spec.eval_split,
+          workdir, step, result, writer, config=config, spec=run.spec,
           extra={'checkpoint': os.path.join(ckpt.directory, str(step)),
                  'metrics_requested': list(metrics)})
   return result.metrics, path

@@ -33,21 +33,31 @@ def eval_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks: 
     networks: the run's networks; encode: the method's `Method.encode`; spec: the
       dataset's `DatasetSpec`.
   Returns:
-    ({'count', 'log_p', 'kl' (analytic q only), 'psnr', 'ssim', 'code_counts' [L, V]}
-    summed over the batch and devices, reconstructions [B, ...] clipped to [0, 1]).
+    ({'count', 'log_p', 'kl' (analytic q only), 'psnr', 'ssim' (images), 'batches' and
+    'psnr_batch' (motion), 'code_counts' [L, V]} summed over the batch and devices,
+    reconstructions [B, ...] in [0, 1]). 'psnr' is per input; 'psnr_batch' is the
+    authors' motion PSNR, of the mean squared error over the whole (global) batch.
   """
   x, mask = batch['inputs'], batch['mask'].astype(jnp.float32)
   tokens, out, kl = encode(state, x, rng, networks=networks, axis_name=axis_name)
   log_p = networks.likelihood.log_prob(out, x)
   recon = jnp.clip(spec.to_unit(networks.likelihood.mean(out)), 0.0, 1.0)
-  originals = spec.to_unit(x)
+  originals = jnp.clip(spec.to_unit(x), 0.0, 1.0)
   psnr = metrics_lib.psnr(recon, originals)
-  ssim = metrics_lib.ssim(recon, originals)
   sums = {'count': mask.sum(), 'log_p': (log_p * mask).sum(), 'psnr': (psnr * mask).sum(),
-          'ssim': (ssim * mask).sum(),
           'code_counts': metrics_lib.code_counts(tokens, networks.num_codes, mask)}
+  if spec.modality == 'image':
+    sums['ssim'] = (metrics_lib.ssim(recon, originals) * mask).sum()
+  else:
+    squared = jnp.square(recon - originals).reshape(x.shape[0], -1)
+    sums['squared_error'] = (squared.sum(-1) * mask).sum()
+    sums['values'] = mask.sum() * squared.shape[1]
   if kl is not None:
     sums['kl'] = (kl * mask).sum()
   if axis_name is not None:
     sums = jax.lax.psum(sums, axis_name)
+  if 'values' in sums:  # The global batch's PSNR; one per batch, averaged over batches.
+    mse = sums.pop('squared_error') / jnp.maximum(sums.pop('values'), 1.0)
+    sums['psnr_batch'] = -10.0 * jnp.log10(jnp.maximum(mse, metrics_lib.MSE_FLOOR))
+    sums['batches'] = jnp.ones(())
   return sums, recon

@@ -39,7 +39,7 @@ def module(name: str) -> types.ModuleType:
 
 def configure(config: ml_collections.ConfigDict, name: str, settings: str) -> None:
   """Sets `config.method` to method `name` with its settings for dataset `settings`
-  ('mnist', 'cifar10', 'imagenet2012'), and its optimiser overrides."""
+  ('mnist', 'cifar10', 'imagenet2012', 'lafan1'), and its optimiser overrides."""
   family = module(name)
   config.method = family.config(name, settings)
   if hasattr(family, 'optim_overrides'):

@@ -5,7 +5,7 @@ codebook size; `x` is a batch of inputs [B, ...] in model space.
 
 A method module of this package (e.g. `daps`, `relaxed`, `fsq`) defines
   config(name, dataset) -> ConfigDict   the method block, with its settings for a
-                                        dataset ('mnist', 'cifar10', 'imagenet2012')
+                                        dataset ('mnist', 'cifar10', 'imagenet2012', 'lafan1')
   validate(method) -> None              raises errors.ConfigError naming the field
   latent(config) -> Latent              what it needs of the encoder and decoder
   make(config, networks) -> Method      its pure train step, eval encoding, state

@@ -36,9 +36,9 @@ from daps_jax.methods import base
 # Spec section 5: (ess_target, beta (initial, final)) per dataset.
 SETTINGS = {
     'daps': {'mnist': (0.33, (0.5, 0.01)), 'cifar10': (0.33, (6.0, 0.01)),
-             'imagenet2012': (0.25, (50.0, 1.0))},
+             'imagenet2012': (0.25, (50.0, 1.0)), 'lafan1': (0.33, (3.0, 0.01))},
     'daps_na': {'mnist': (0.5, (0.5, 0.01)), 'cifar10': (0.33, (6.0, 1.0)),
-                'imagenet2012': (0.25, (50.0, 1.0))},
+                'imagenet2012': (0.25, (50.0, 1.0)), 'lafan1': (0.33, (1.0, 0.01))},
 }
 
 

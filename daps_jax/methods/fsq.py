@@ -25,7 +25,8 @@ from daps_jax.methods import base
 
 EPS = 1e-3
 # Spec section 5: levels per dimension for each dataset.
-LEVELS = {'mnist': (8, 6, 5), 'cifar10': (8, 8, 8), 'imagenet2012': (8, 5, 5, 5)}
+LEVELS = {'mnist': (8, 6, 5), 'cifar10': (8, 8, 8), 'imagenet2012': (8, 5, 5, 5),
+          'lafan1': (10, 10, 10)}
 
 
 def config(name: str, dataset: str) -> ml_collections.ConfigDict:

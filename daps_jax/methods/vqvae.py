@@ -37,11 +37,14 @@ class VQHparams:
   restart_threshold: float = 0.0  # EMA count below which a code restarts (0: never)
 
 
+# Spec section 5: the commitment weight (0.25 elsewhere).
+COMMITMENT = {'lafan1': 0.5}
+
+
 def config(name: str, dataset: str) -> ml_collections.ConfigDict:
-  del dataset  # The same settings everywhere (spec section 5).
   m = ml_collections.ConfigDict()
   m.name = name  # The method (daps_jax.methods.REGISTRY).
-  m.commitment_cost = 0.25  # Weight of |z - sg(e)|^2.
+  m.commitment_cost = COMMITMENT.get(dataset, 0.25)  # Weight of |z - sg(e)|^2.
   m.ema_decay = ml_collections.config_dict.placeholder(float)  # Set: EMA codebook (not in paper).
   m.restart_threshold = 0.0  # With EMA: restart codes whose EMA count is below this.
   return m

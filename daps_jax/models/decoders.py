@@ -10,6 +10,9 @@ Bodies: `MLPBody` (MNIST-size, any input shape): flatten, MLP -> logits [B, *sha
 `ResNetBody` (CIFAR, ImageNet; Gaussian): vectors on their (m, n) patch grid ->
 Conv3x3 -> residual blocks -> log2(H/m) stride-2 transposed convolutions ->
 [B, H, W, 2C] (mean and log-variance channels).
+`MotionBody` (LAFAN1): token vectors [B, L, E] + sin/cos positions ->
+bidirectional transformer -> Conv1D (kernel 4, stride L / T) -> ReLU ->
+Dense -> [B, T, outputs] (the Gaussian mean, or mean and log-variance).
 """
 
 import math
@@ -108,6 +111,35 @@ class ResNetBody(nn.Module):
       if not last:
         x = nn.relu(norm()(x))
     return x
+
+
+class MotionBody(nn.Module):
+  """[B, L, E] token vectors -> [B, T, outputs] per frame."""
+  num_frames: int
+  outputs: int
+  num_layers: int = 2
+  num_heads: int = 4
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train  # No train-time behaviour.
+    stride, rest = divmod(x.shape[1], self.num_frames)
+    if rest or not stride:
+      raise ValueError(f'{x.shape[1]} tokens are not a multiple of {self.num_frames} frames.')
+    width = x.shape[-1]
+    x = x + layers.sincos_positions(x.shape[1], width)
+    for _ in range(self.num_layers):
+      x = layers.EncoderBlock(width, self.num_heads, self.mlp_ratio)(x)
+    x = nn.Conv(width, (4,), strides=(stride,))(nn.LayerNorm()(x))
+    return layers.dense(self.outputs)(nn.relu(x))
+
+
+def motion_decoder(*, vocab_size: int, num_frames: int, outputs: int, embed_dim: int = 128,
+                   num_layers: int = 2, code_dim: int | None = None) -> Decoder:
+  """LAFAN1 decoder: Embed(V, E) -> transformer over tokens -> per-frame outputs."""
+  return Decoder(CodeEmbedding(vocab_size, embed_dim, code_dim),
+                 MotionBody(num_frames, outputs, num_layers))
 
 
 def mlp_decoder(*, vocab_size: int, shape: tuple[int, ...], embed_dim: int = 64,

@@ -5,9 +5,9 @@ Shape legend: B batch, L latent tokens, P features per token.
 A front end maps a batch of model-space inputs to one feature vector per latent
 token, [B, L, P]; the transformers over tokens, the rollout and the losses never
 see the modality. `FRONTENDS` maps a `DatasetSpec.modality` to its front end.
-Today: 'image', images [B, H, W, C] cut into a grid of L patches. A front end
-may hold parameters of its own (a motion front end might convolve frames);
-the image one has none.
+'image': images [B, H, W, C] cut into a grid of L patches (no parameters).
+'motion': frames [B, T, C] -> a transposed Conv1D (kernel 4, stride L / T)
+to L tokens of width `MOTION_WIDTH` (spec section 2: (32, C) -> (64, 128)).
 """
 
 import flax.linen as nn
@@ -23,7 +23,22 @@ class ImagePatches(nn.Module):
     return patching.patchify(x, num_tokens)
 
 
-FRONTENDS = {'image': ImagePatches}
+MOTION_WIDTH = 128
+
+
+class MotionFrames(nn.Module):
+  """frames [B, T, C] -> tokens [B, L, MOTION_WIDTH]; L must be a multiple of T."""
+  features: int = MOTION_WIDTH
+
+  @nn.compact
+  def __call__(self, x: jax.Array, num_tokens: int) -> jax.Array:
+    stride, rest = divmod(num_tokens, x.shape[1])
+    if rest or not stride:
+      raise ValueError(f'{num_tokens} latent tokens are not a multiple of {x.shape[1]} frames.')
+    return nn.ConvTranspose(self.features, (4,), strides=(stride,))(x)
+
+
+FRONTENDS = {'image': ImagePatches, 'motion': MotionFrames}
 
 
 def make(modality: str) -> nn.Module:
