@@ -23,7 +23,6 @@ config's batch. Results go to one JSON file (`bench/results/<platform>.json` by
 default) and a table on stdout; see bench/README.md for the columns.
 """
 
-import ast
 import datetime
 import json
 import os
@@ -46,6 +45,7 @@ import jax
 import jax.monitoring
 import numpy as np
 
+from bench import common
 from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
@@ -129,28 +129,6 @@ def device_memory() -> dict:
   return {field: stats[key] / _GB for key, field in names.items() if key in stats}
 
 
-def load_config(name: str, method: str):
-  path = os.path.join(REPO, 'configs', f'{name}.py')
-  if not os.path.exists(path):
-    valid = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, 'configs')) if f.endswith('.py'))
-    raise ValueError(f'No config {path}; valid --configs: {", ".join(valid)}.')
-  return config_lib.load(path, f'method={method}')
-
-
-def parse_overrides(items: list[str]) -> dict:
-  """['a.b=16', 'c=bisection'] -> {'a.b': 16, 'c': 'bisection'}."""
-  overrides = {}
-  for item in items:
-    dotted, sep, text = item.partition('=')
-    if not sep:
-      raise ValueError(f'--override={item}: expected field=value.')
-    try:
-      overrides[dotted] = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-      overrides[dotted] = text
-  return overrides
-
-
 def choose_batch(config, platform_name: str, batch_size: int | None, paper_batch: bool) -> int:
   """--batch_size, else CPU_BATCH on CPU (unless --paper_batch), else the config's."""
   if batch_size:
@@ -180,8 +158,8 @@ def num_params(tree) -> int:
 def time_case(config_name: str, method: str, *, batch_size: int | None, paper_batch: bool,
               num_steps: int, warmup: int, seed: int, timer: _CompileTimer) -> dict:
   """Builds, compiles and times one config x method; returns its record."""
-  config = load_config(config_name, method)
-  overrides = parse_overrides(_OVERRIDE.value)
+  config = common.load_config(config_name, method)
+  overrides = common.parse_overrides(_OVERRIDE.value)
   for dotted, value in overrides.items():
     config_lib.set_field(config, dotted, value)
   platform_name = jax.default_backend()
@@ -367,7 +345,7 @@ def main(argv):
   cases = [(c, m) for c in _CONFIGS.value for m in _METHODS.value]
   for config_name, method in cases:
     try:
-      load_config(config_name, method)  # Fail on a bad name before any compile.
+      common.load_config(config_name, method)  # Fail on a bad name before any compile.
     except ValueError as e:
       raise app.UsageError(str(e)) from e
   disable_compilation_cache()

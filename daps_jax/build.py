@@ -27,7 +27,8 @@ def networks(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
   m = config.model
   latent = methods.module(config.method.name).latent(config)
   common = dict(frontend=frontends.make(spec.modality), vocab_size=m.vocab_size,
-                num_tokens=m.num_tokens, width=m.width, num_heads=m.num_heads)
+                num_tokens=m.num_tokens, width=m.width, num_heads=m.num_heads, remat=m.remat,
+                attention_chunk=m.attention_chunk or None)
   if latent.autoregressive:
     encoder = models.AREncoder(encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
                                mlp_ratio=m.mlp_ratio, **common)

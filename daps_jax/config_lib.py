@@ -145,6 +145,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                f'{config.data.name!r} is not one of {", ".join(data.NAMES)}.')
   m = config.model
   errors.check(m.vocab_size >= 2, 'model.vocab_size', 'needs at least 2 codes.')
+  errors.check(m.attention_chunk >= 0 and (not m.attention_chunk
+                                           or m.num_tokens % m.attention_chunk == 0),
+               'model.attention_chunk', f'{m.attention_chunk} must divide num_tokens = '
+               f'{m.num_tokens} (0: off).')
   errors.check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
   errors.check(m.width % (2 * m.num_heads) == 0, 'model.width',
                f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
@@ -204,6 +208,8 @@ def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,
   m.decoder_layers = decoder_layers  # AR encoder: causal layers over tokens.
   m.na_layers = na_layers  # NA encoder: bidirectional layers.
   m.na_mlp_ratio = na_mlp_ratio  # NA encoder: MLP hidden = na_mlp_ratio * D.
+  m.remat = False  # Encoders: recompute each transformer block in the backward pass (memory).
+  m.attention_chunk = 0  # Encoders: attention over this many queries at a time (0: all).
   m.decoder = decoder
   m.likelihood = likelihood
   return m

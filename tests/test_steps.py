@@ -141,3 +141,46 @@ def test_two_devices_equal_one_device():
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO], env=env,
                           capture_output=True, text=True, timeout=600)
   assert 'SHARDED_OK' in result.stdout, result.stdout + result.stderr
+
+
+def test_memory_options_leave_the_step_unchanged():
+  """model.remat (recomputed blocks), model.attention_chunk (queries a chunk at a
+  time) and method.sample_chunks (the teacher-forced pass K / chunks at a time,
+  gradients summed) change memory, not numbers: three steps give the same metrics
+  and state as the plain step."""
+  from daps_jax import build  # pylint: disable=g-import-not-at-top
+  from tests import helpers as h  # pylint: disable=g-import-not-at-top
+
+  def run(remat, chunks, attention_chunk):
+    config = h.tiny_config('daps')
+    config.model.remat, config.method.sample_chunks = remat, chunks
+    config.model.attention_chunk = attention_chunk
+    assembly = build.assemble(config)
+    state = assembly.initial_state()
+    step = jax.jit(assembly.method.train_step)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+      images = (rng.random((8, 28, 28, 1)) > 0.5).astype(np.float32)
+      state, metrics = step(state, {'inputs': images}, jax.random.key(2))
+    return jax.device_get((state, metrics))
+
+  (s1, m1), (s2, m2), (s4, m4) = run(False, 1, 0), run(True, 2, 2), run(False, 4, 4)
+  for other_state, other in ((s2, m2), (s4, m4)):
+    for k in m1:
+      np.testing.assert_allclose(m1[k], other[k], rtol=1e-4, atol=1e-5, err_msg=k)
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(other_state)):
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert float(m1['grad_norm/encoder']) > 0
+
+
+def test_sample_chunks_shrink_the_compiled_step():
+  """bench.memory's analysis: K = 16 samples a quarter at a time need fewer temporaries."""
+  from bench import common  # pylint: disable=g-import-not-at-top
+  from tests import helpers as h  # pylint: disable=g-import-not-at-top
+  temp = {}
+  for chunks in (1, 4):
+    config = h.tiny_config('daps')
+    config.method.num_samples, config.method.sample_chunks = 16, chunks
+    config.batch_size = 32
+    temp[chunks] = common.memory_analysis(config)['temp_size']
+  assert 0 < temp[4] < 0.75 * temp[1], temp

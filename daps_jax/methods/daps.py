@@ -59,6 +59,7 @@ class DapsHparams:
   ess_target: float  # target ESS / K in (0, 1]
   beta: base.Schedule  # step -> entropy weight
   bisection: Bisection | None = None  # None: the paper's AdamW steps on L_eta
+  sample_chunks: int = 1  # the encoder's teacher-forced pass over K / sample_chunks at a time
 
 
 def config(name: str, dataset: str) -> ml_collections.ConfigDict:
@@ -76,6 +77,9 @@ def config(name: str, dataset: str) -> ml_collections.ConfigDict:
   m.eta_min = 1e-4  # bisection: the bracket of eta; a target out of reach clamps to it.
   m.eta_max = 1e6
   m.bisection_iterations = 30  # bisection: halvings of the log-eta bracket per step.
+  # The encoder's gradient over K / sample_chunks samples at a time, summed in a scan:
+  # the same update, a fraction of the activation memory (must divide K).
+  m.sample_chunks = 1
   return m
 
 
@@ -94,6 +98,8 @@ def validate(m: ml_collections.ConfigDict) -> None:
                f'needs 0 < eta_min < eta_max, got {m.eta_min} and {m.eta_max}.')
   errors.check(m.bisection_iterations >= 1, 'method.bisection_iterations',
                f'must be at least 1, got {m.bisection_iterations}.')
+  errors.check(m.sample_chunks >= 1 and m.num_samples % m.sample_chunks == 0,
+               'method.sample_chunks', f'{m.sample_chunks} must divide K = {m.num_samples}.')
 
 
 def latent(config: ml_collections.ConfigDict) -> base.Latent:
@@ -113,7 +119,7 @@ def make(config: ml_collections.ConfigDict, networks) -> base.Method:
     dual_tx = optim.adamw(me.eta_learning_rate, weight_decay=0.0, clip=None,
                           max_consecutive_skips=config.optim.max_consecutive_skips)
   hparams = DapsHparams(num_samples=me.num_samples, ess_target=me.ess_target, beta=beta,
-                        bisection=bisection)
+                        bisection=bisection, sample_chunks=me.sample_chunks)
   return base.Method(
       name=me.name, train_step=functools.partial(train_step, networks=networks, hparams=hparams),
       encode=base.categorical_encode,
@@ -125,7 +131,8 @@ def make(config: ml_collections.ConfigDict, networks) -> base.Method:
 def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_state.TrainState,
                        x: jax.Array, rollout: latents.Rollout, rewards: jax.Array,
                        beta: jax.Array, *, encoder, ess_target: float,
-                       bisection: Bisection | None = None, axis_name: str | None = None
+                       bisection: Bisection | None = None, sample_chunks: int = 1,
+                       axis_name: str | None = None
                        ) -> tuple[state_lib.ModelState, train_state.TrainState, dict]:
   """One DAPS encoder and trust-region update (see `losses` for the equations).
 
@@ -139,6 +146,8 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
     encoder: the encoder module; ess_target: target ESS / K.
     bisection: None to take an AdamW step on L_eta from the state's eta (the
       paper); else eta is solved for this batch first and used for its weights.
+    sample_chunks: the teacher-forced pass and its gradient run over K /
+      sample_chunks samples at a time (`weighted_nll_and_grad`).
     axis_name: optional axis to average gradients and ESS statistics over.
   Returns:
     (new encoder state, new dual state, metrics).
@@ -156,11 +165,8 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
   log_w = losses.log_importance_weights(advantages, behaviour_log_q, jnp.exp(log_eta), beta)
   weights = jnp.exp(log_w)
 
-  def loss_fn(params):
-    scores = latents.score_latents(encoder, {'params': params}, x, rollout.tokens)
-    return losses.weighted_nll(weights, scores.log_q), scores
-
-  (policy_loss, scores), grads = jax.value_and_grad(loss_fn, has_aux=True)(encoder_state.params)
+  policy_loss, scores, grads = weighted_nll_and_grad(
+      encoder, encoder_state.params, x, rollout.tokens, weights, sample_chunks)
   grads = parallel.pmean(grads, axis_name)
   new_encoder = encoder_state.apply_gradients(grads=grads)
 
@@ -182,6 +188,40 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
       **base.policy_metrics(beta, scores, rewards, grads, new_encoder),
   }
   return new_encoder, new_dual, metrics
+
+
+def weighted_nll_and_grad(encoder, params, x: jax.Array, tokens: jax.Array, weights: jax.Array,
+                          chunks: int = 1) -> tuple[jax.Array, latents.Scores, dict]:
+  """L_theta = -mean_b sum_k w_bk log q(z_bk|x_b), its teacher-forced scores and gradient.
+
+  With `chunks` > 1 the K samples are processed K / chunks at a time in a
+  `lax.scan`, summing the loss and gradient (L_theta is a sum over k): the same
+  numbers up to float rounding, with the activations of one chunk alive at a time.
+
+  Args:
+    tokens: [B, K, L] samples; weights: [B, K] (constants).
+  Returns:
+    (loss, scores with log_q and kl [B, K], gradient in `params`).
+  """
+  def loss_fn(p, tokens, weights):
+    scores = latents.score_latents(encoder, {'params': p}, x, tokens)
+    return losses.weighted_nll(weights, scores.log_q), scores
+
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  if chunks == 1:
+    (loss, scores), grads = grad_fn(params, tokens, weights)
+    return loss, scores, grads
+  b, k, length = tokens.shape
+  split = lambda a: jnp.moveaxis(a.reshape(b, chunks, k // chunks, *a.shape[2:]), 1, 0)
+
+  def chunk(total, inputs):
+    (loss, scores), grads = grad_fn(params, *inputs)
+    return jax.tree.map(jnp.add, total, (loss, grads)), scores
+
+  zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+  (loss, grads), scores = jax.lax.scan(chunk, zero, (split(tokens), split(weights)))
+  join = lambda a: jnp.moveaxis(a, 0, 1).reshape(b, k)  # [C, B, K/C] -> [B, K]
+  return loss, jax.tree.map(join, scores), grads
 
 
 def init_aux(eta_init: float, tx) -> dict:
@@ -210,6 +250,7 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
                                                   log_p, beta, encoder=networks.encoder,
                                                   ess_target=hparams.ess_target,
                                                   bisection=hparams.bisection,
+                                                  sample_chunks=hparams.sample_chunks,
                                                   axis_name=axis_name)
   metrics = {**dec_metrics, **pol_metrics}
   new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,

@@ -37,15 +37,18 @@ class AREncoder(nn.Module):
   decoder_layers: int
   num_heads: int = 4
   mlp_ratio: int = 4
+  remat: bool = False  # Recompute each block's activations in the backward pass.
+  attention_chunk: int | None = None  # Queries per chunk of attention (None: all at once).
 
   autoregressive = True
 
   def setup(self):
     self.patches = layers.PatchTransformer(self.width, self.encoder_layers, self.num_heads,
-                                           self.mlp_ratio)
+                                           self.mlp_ratio, self.remat, self.attention_chunk)
     self.token_embed = nn.Embed(self.vocab_size + 1, self.width,
                                 embedding_init=nn.initializers.normal(stddev=1.0))
-    self.blocks = [layers.DecoderBlock(self.width, self.num_heads, self.mlp_ratio)
+    block = layers.rematted(layers.DecoderBlock, self.remat)
+    self.blocks = [block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk)
                    for _ in range(self.decoder_layers)]
     self.norm = nn.LayerNorm()
     self.head = layers.dense(self.vocab_size)
@@ -122,6 +125,8 @@ class NAEncoder(nn.Module):
   num_heads: int = 4
   mlp_ratio: int = 4
   outputs: int | None = None
+  remat: bool = False  # Recompute each block's activations in the backward pass.
+  attention_chunk: int | None = None  # Queries per chunk of attention (None: all at once).
 
   autoregressive = False
 
@@ -130,7 +135,8 @@ class NAEncoder(nn.Module):
     """`tokens` is accepted for interface parity with AREncoder and ignored."""
     del tokens
     memory = layers.PatchTransformer(self.width, self.num_layers, self.num_heads,
-                                     self.mlp_ratio)(self.frontend(x, self.num_tokens))
+                                     self.mlp_ratio, self.remat, self.attention_chunk)(
+                                         self.frontend(x, self.num_tokens))
     return layers.dense(self.outputs or self.vocab_size)(memory)
 
 

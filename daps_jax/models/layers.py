@@ -37,14 +37,48 @@ def dense(features: int, use_bias: bool = True) -> nn.Dense:
   return nn.Dense(features, use_bias=use_bias, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)
 
 
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          mask: jax.Array | None = None,
+                          query_chunk: int | None = None) -> jax.Array:
+  """softmax(q k^T / sqrt(Dh)) v: q [B, H, T, Dh], k, v [B, H, S, Dh] -> [B, T, H, Dh].
+
+  `mask` (True: attend) broadcasts to [B, H, T, S]. With `query_chunk` < T (it must
+  divide T) the queries go `query_chunk` rows at a time through `lax.map`, each
+  chunk rematerialised in the backward pass: only [B, H, query_chunk, S] maps are
+  ever alive, forward or backward, instead of [B, H, T, S]; the same numbers (each
+  row's softmax is its own).
+  """
+  def rows(q, mask):
+    logits = jnp.einsum('bhtd,bhsd->bhts', q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
+    if mask is not None:
+      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    return jnp.einsum('bhts,bhsd->bthd', jax.nn.softmax(logits, axis=-1), v)
+
+  b, h, t, dh = q.shape
+  if not query_chunk or query_chunk >= t:
+    return rows(q, mask)
+  if t % query_chunk:
+    raise ValueError(f'attention_chunk {query_chunk} does not divide the {t} queries.')
+  n = t // query_chunk
+  chunks = jnp.moveaxis(q.reshape(b, h, n, query_chunk, dh), 2, 0)  # [n, B, H, c, Dh]
+  if mask is not None and mask.ndim >= 2 and mask.shape[-2] == t:  # Per-query rows.
+    masks = jnp.moveaxis(mask.reshape(*mask.shape[:-2], n, query_chunk, mask.shape[-1]), -3, 0)
+    out = jax.lax.map(jax.checkpoint(lambda a: rows(*a)), (chunks, masks))
+  else:
+    out = jax.lax.map(jax.checkpoint(lambda c: rows(c, mask)), chunks)
+  return jnp.moveaxis(out, 0, 1).reshape(b, t, h, dh)  # [n, B, c, H, Dh] -> [B, T, H, Dh]
+
+
 class Attention(nn.Module):
   """Multi-head dot-product attention with separable key/value projection.
 
   `project_kv` and `attend` let callers compute keys/values once (cross-attention
   memory) or keep them in a fixed-length cache (autoregressive decoding).
+  `query_chunk` bounds the attention maps' memory (`dot_product_attention`).
   """
   width: int
   num_heads: int
+  query_chunk: int | None = None
 
   def setup(self):
     if self.width % self.num_heads:
@@ -65,12 +99,7 @@ class Attention(nn.Module):
 
   def attend(self, x: jax.Array, kv: KV, mask: jax.Array | None = None) -> jax.Array:
     """Queries from x [B, T, D] over kv; mask broadcastable to [B, H, T, S]."""
-    q = self._split(self.query(x))
-    logits = jnp.einsum('bhtd,bhsd->bhts', q, kv.k) / np.sqrt(q.shape[-1]).astype(q.dtype)
-    if mask is not None:
-      logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    probs = jax.nn.softmax(logits, axis=-1)
-    y = jnp.einsum('bhts,bhsd->bthd', probs, kv.v)
+    y = dot_product_attention(self._split(self.query(x)), kv.k, kv.v, mask, self.query_chunk)
     return self.out(y.reshape(*x.shape[:-1], self.width))
 
   def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array | None = None):
@@ -92,11 +121,12 @@ class EncoderBlock(nn.Module):
   width: int
   num_heads: int
   mlp_ratio: int
+  attention_chunk: int | None = None
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     h = nn.LayerNorm()(x)
-    x = x + Attention(self.width, self.num_heads)(h, h)
+    x = x + Attention(self.width, self.num_heads, self.attention_chunk)(h, h)
     return x + MLP(self.width, self.mlp_ratio * self.width)(nn.LayerNorm()(x))
 
 
@@ -109,12 +139,13 @@ class DecoderBlock(nn.Module):
   width: int
   num_heads: int
   mlp_ratio: int
+  attention_chunk: int | None = None
 
   def setup(self):
     self.self_norm = nn.LayerNorm()
-    self.self_attn = Attention(self.width, self.num_heads)
+    self.self_attn = Attention(self.width, self.num_heads, self.attention_chunk)
     self.cross_norm = nn.LayerNorm()
-    self.cross_attn = Attention(self.width, self.num_heads)
+    self.cross_attn = Attention(self.width, self.num_heads, self.attention_chunk)
     self.mlp_norm = nn.LayerNorm()
     self.mlp = MLP(self.width, self.mlp_ratio * self.width)
 
@@ -151,6 +182,13 @@ class DecoderBlock(nn.Module):
     return self._finish(x, cross), cache
 
 
+def rematted(block: type[nn.Module], remat: bool) -> type[nn.Module]:
+  """`block`, or `nn.remat(block)`: its `__call__` keeps only its inputs for the
+  backward pass and recomputes the rest (attention maps included) there. The same
+  numbers either way; parameter names are unchanged when callers name the blocks."""
+  return nn.remat(block) if remat else block
+
+
 class PatchTransformer(nn.Module):
   """Patch embedding + sin/cos positions + bidirectional blocks + final LN.
 
@@ -160,11 +198,15 @@ class PatchTransformer(nn.Module):
   num_layers: int
   num_heads: int
   mlp_ratio: int
+  remat: bool = False
+  attention_chunk: int | None = None
 
   @nn.compact
   def __call__(self, patches: jax.Array) -> jax.Array:
     x = dense(self.width)(patches)
     x = x + sincos_positions(x.shape[1], self.width)
-    for _ in range(self.num_layers):
-      x = EncoderBlock(self.width, self.num_heads, self.mlp_ratio)(x)
+    block = rematted(EncoderBlock, self.remat)
+    for i in range(self.num_layers):
+      x = block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk,
+                name=f'EncoderBlock_{i}')(x)
     return nn.LayerNorm()(x)
