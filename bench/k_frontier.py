@@ -93,10 +93,18 @@ def run_configs():
   overrides = config_flags.get_override_values(flags.FLAGS['config'])
   configs = {}
   for k, i in itertools.product(map(int, _KS.value), range(_SEEDS.value)):
-    config = runs_lib.method_config(filename, {**overrides, 'method.num_samples': k}, 'daps', i)
+    config = runs_lib.method_config(filename, overrides, 'daps', i)
+    for dotted, value in k_overrides(k, config.method.ess_target).items():
+      config_lib.set_field(config, dotted, value)
     config_lib.validate(config, num_devices=jax.device_count())
     configs[k, i] = config
   return configs
+
+
+def k_overrides(k: int, ess_target: float) -> dict:
+  """K samples, and the ESS target raised to 1 / K where K * ess_target < 1 (an ESS
+  below 1 cannot be reached: K = 2 needs ess_target >= 0.5)."""
+  return {'method.num_samples': k, 'method.ess_target': max(ess_target, 1.0 / k)}
 
 
 def run_dir(k: int, seed: int) -> str:
@@ -116,6 +124,8 @@ def train_runs() -> None:
 
 def time_steps() -> dict:
   """Seconds per step of each K, from `bench.train_step` in alternating rounds."""
+  from bench import common  # pylint: disable=g-import-not-at-top
+  ess_target = common.load_config('mnist', 'daps').method.ess_target
   records = {int(k): [] for k in _KS.value}
   loads = [os.getloadavg()[0]]
   for _ in range(_ROUNDS.value):
@@ -123,11 +133,14 @@ def time_steps() -> dict:
       out = os.path.join(_OUTPUT.value, f'.time_K{k}.json')
       subprocess.run([sys.executable, '-m', 'bench.train_step', '--configs=mnist',
                       '--methods=daps', f'--batch_size={_BATCH.value}', f'--steps={_STEPS.value}',
-                      f'--override=method.num_samples={k}', f'--output={out}', '--nomerge'],
-                     check=True, capture_output=True)
+                      *(f'--override={f}={v}' for f, v in k_overrides(k, ess_target).items()),
+                      f'--output={out}', '--nomerge'], check=True, capture_output=True)
       with open(out) as f:
-        records[k].append(json.load(f)['records'][0])
+        record = json.load(f)['records'][0]
       os.remove(out)
+      if 'error' in record:
+        raise RuntimeError(f'bench.train_step failed for K = {k}: {record["error"]}')
+      records[k].append(record)
       loads.append(os.getloadavg()[0])
   return {'batch_size': _BATCH.value, 'steps': _STEPS.value, 'rounds': _ROUNDS.value,
           'load_average_1min': loads, 'jax': records[int(_KS.value[0])][0]['jax_version'],
@@ -177,10 +190,16 @@ def plot_frontier(table: dict, budgets: list[float], path: str) -> None:
 
 
 def report_frontier() -> str:
+  from daps_jax import errors  # pylint: disable=g-import-not-at-top
   configs = run_configs()
   with open(os.path.join(_OUTPUT.value, 'time.json')) as f:
     timing = json.load(f)
   sec_per_step = {int(k): float(np.median(v)) for k, v in timing['sec_per_step'].items()}
+  first = next(iter(configs.values()))
+  if timing['batch_size'] != first.batch_size:
+    raise errors.ConfigError(f'time.json timed batch {timing["batch_size"]}, the runs use '
+                             f'{first.batch_size}: rerun --part=time --batch_size='
+                             f'{first.batch_size}.')
   curves = eval_curves(configs)
   total = {k: c.total_steps for (k, _), c in configs.items()}
   budgets = sorted({round(total[k] * sec_per_step[k]) for k in total})
@@ -189,13 +208,12 @@ def report_frontier() -> str:
     json.dump({'budgets_s': budgets, 'runs': {str(k): v for k, v in table.items()},
                'command': shlex.join(sys.argv)}, f, indent=1)
   plot_frontier(table, budgets, os.path.join(_OUTPUT.value, 'frontier.png'))
-  first = next(iter(configs.values()))
   lines = ['# The K frontier', '',
            f'- runs: DAPS, {first.data.name}, batch {first.batch_size}, {first.total_steps:,} '
            f'steps, {_SEEDS.value} seed(s) per K, dual solver {first.method.dual_solver}',
-           f'- seconds: median idle seconds per compiled step (time.json, {timing["date"]}, '
-           f'load average {min(timing["load_average_1min"]):.2f}–'
-           f'{max(timing["load_average_1min"]):.2f}) × steps',
+           f'- seconds: median seconds per compiled step at batch {timing["batch_size"]} '
+           f'(time.json, {timing["date"]}, load average {min(timing["load_average_1min"]):.2f}–'
+           f'{max(timing["load_average_1min"]):.2f}; quote only from an idle machine) × steps',
            f'- command: `python -m bench.k_frontier {shlex.join(sys.argv[1:])}`', '']
   header = ['K', 's/step'] + [f'{t} @{s:,} steps' for _, t in METRICS
                               for s in [first.total_steps]]
@@ -223,6 +241,14 @@ def main(argv):
   if _PART.value in ('runs', 'report') and not _WORKDIR.value:
     sys.exit(f'error: --workdir: the directory of the runs is needed for --part={_PART.value}.')
   os.makedirs(_OUTPUT.value, exist_ok=True)
+  from daps_jax import errors  # pylint: disable=g-import-not-at-top
+  try:
+    run_part()
+  except errors.UserError as e:
+    sys.exit(f'error: {e}')
+
+
+def run_part() -> None:
   if _PART.value == 'bias':
     table = frontier_lib.bias_table(_DRAWS.value)
     table['command'] = f'python -m bench.k_frontier {shlex.join(sys.argv[1:])}'
