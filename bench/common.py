@@ -8,7 +8,6 @@ import jax.numpy as jnp
 
 from daps_jax import build
 from daps_jax import config_lib
-from daps_jax import state as state_lib
 from daps_jax.data import motion
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -41,9 +40,7 @@ def memory_analysis(config) -> dict:
   spec = (motion.nominal_spec(motion.NOMINAL_FEATURES['bvh'])
           if config.data.name == motion.NAME else None)
   run = build.assemble(config, spec=spec)
-  state = jax.eval_shape(lambda r: state_lib.create_state(
-      r, run.networks, build.optimizers(config), init_aux=run.method.init_aux),
-                         jax.random.key(0))
+  state = run.abstract_state()
   batch = {'inputs': jax.ShapeDtypeStruct((config.batch_size, *run.spec.shape), jnp.float32)}
   key = jax.eval_shape(lambda: jax.random.key(0))
   compiled = jax.jit(run.method.train_step, donate_argnums=0).lower(state, batch, key).compile()

@@ -113,11 +113,8 @@ def run_dir(k: int, seed: int) -> str:
 
 def train_runs() -> None:
   from daps_jax import runs as runs_lib  # pylint: disable=g-import-not-at-top
-  from daps_jax import train  # pylint: disable=g-import-not-at-top
   for (k, i), config in run_configs().items():
-    if not runs_lib.finished(run_dir(k, i), config.total_steps):
-      print(f'K = {k} seed {i}: training in {run_dir(k, i)}', flush=True)
-      train.train_and_evaluate(config, run_dir(k, i))
+    runs_lib.train_unless_finished(config, run_dir(k, i), f'K = {k} seed {i}')
 
 
 # ----------------------------------------------------------------------------- time

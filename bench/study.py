@@ -42,7 +42,6 @@ from daps_jax import config_lib
 from daps_jax import errors
 from daps_jax import preemption
 from daps_jax import report
-from daps_jax import train
 
 SOLVERS = {
     'adam100': {'method.dual_solver': 'adam', 'method.eta_init': 100.0,
@@ -136,9 +135,7 @@ def study(filename: str, overrides: dict) -> None:
   runs = []
   for cell, method, i, config in jobs:
     workdir = os.path.join(_WORKDIR.value, cell.name, method, f'seed_{i}')
-    if not runs_lib.finished(workdir, config.total_steps):
-      print(f'{cell.name} {method} seed {i}: training in {workdir}', flush=True)
-      train.train_and_evaluate(config, workdir)
+    runs_lib.train_unless_finished(config, workdir, f'{cell.name} {method} seed {i}')
     run = runs_lib.load_run(workdir, config, i)
     curve = [{**r, 'policy/entropy_share': entropy_share(r)} if entropy_share(r) is not None
              else r for r in run.curve]

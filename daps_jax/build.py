@@ -78,13 +78,18 @@ class Assembly:
   networks: models.Networks
   method: base.Method
 
+  def _create(self, rng: jax.Array) -> state_lib.State:
+    return state_lib.create_state(rng, self.networks, optimizers(self.config),
+                                  init_aux=self.method.init_aux)
+
   def initial_state(self) -> state_lib.State:
     """Freshly initialised host state (also the target of a restore)."""
     rng_init, _, _ = state_lib.run_keys(self.config.seed)
-    txs = optimizers(self.config)
-    create = lambda r: state_lib.create_state(r, self.networks, txs,
-                                              init_aux=self.method.init_aux)
-    return jax.device_get(jax.jit(create)(rng_init))
+    return jax.device_get(jax.jit(self._create)(rng_init))
+
+  def abstract_state(self) -> state_lib.State:
+    """The state's shapes and dtypes (`jax.ShapeDtypeStruct` leaves); nothing allocated."""
+    return jax.eval_shape(self._create, jax.random.key(0))
 
 
 def assemble(config: ml_collections.ConfigDict, bn_axis_name: str | None = None,
@@ -100,9 +105,7 @@ def param_counts(config: ml_collections.ConfigDict,
                  spec: data.DatasetSpec | None = None) -> dict[str, int]:
   """{'encoder', 'decoder', [an aux network such as PPO's 'value',] 'total'} trainable
   parameter counts of a config, from shapes only (nothing is allocated)."""
-  run = assemble(config, spec=spec)
-  state = jax.eval_shape(lambda r: state_lib.create_state(
-      r, run.networks, optimizers(config), init_aux=run.method.init_aux), jax.random.key(0))
+  state = assemble(config, spec=spec).abstract_state()
   size = lambda params: sum(x.size for x in jax.tree.leaves(params))
   counts = {'encoder': size(state.encoder.params), 'decoder': size(state.decoder.params)}
   # Networks a method adds (PPO's value network) are the ModelStates in its aux.

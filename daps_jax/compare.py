@@ -34,7 +34,6 @@ from daps_jax import methods
 from daps_jax import preemption
 from daps_jax import report
 from daps_jax import runs as runs_lib
-from daps_jax import train
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Dataset config file (any method).',
                                           lock_config=False)
@@ -104,12 +103,8 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int]) -> None:
   runs, wall = [], {}
   for (method, i), config in configs.items():
     workdir = os.path.join(_WORKDIR.value, method, f'seed_{i}')
-    if runs_lib.finished(workdir, config.total_steps):
-      logging.info('%s seed %d: finished in %s, skipped.', method, i, workdir)
-    else:
-      logging.info('%s seed %d: training in %s.', method, i, workdir)
-      start = time.time()
-      train.train_and_evaluate(config, workdir)
+    start = time.time()
+    if runs_lib.train_unless_finished(config, workdir, f'{method} seed {i}'):
       wall[method] = wall.get(method, 0.0) + time.time() - start
     runs.append(runs_lib.load_run(workdir, config, i))
 

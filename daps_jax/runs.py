@@ -9,11 +9,13 @@ finished when it evaluated at its config's last step; a finished run loads as a
 import json
 import os
 
+from absl import logging
 import ml_collections
 import numpy as np
 
 from daps_jax import config_lib
 from daps_jax import report
+from daps_jax import train
 from daps_jax.evaluation import outputs
 
 
@@ -46,6 +48,16 @@ def finished(workdir: str, total_steps: int) -> bool:
   """A run that evaluated at its last step (and saved its code histogram)."""
   return (_final_eval(_records(workdir), total_steps) is not None
           and os.path.exists(outputs.counts_path(workdir, total_steps)))
+
+
+def train_unless_finished(config: ml_collections.ConfigDict, workdir: str, label: str) -> bool:
+  """Trains (or resumes) the run in `workdir` unless it is finished; True if it trained."""
+  if finished(workdir, config.total_steps):
+    logging.info('%s: finished in %s, skipped.', label, workdir)
+    return False
+  logging.info('%s: training in %s.', label, workdir)
+  train.train_and_evaluate(config, workdir)
+  return True
 
 
 def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) -> report.Run:

@@ -12,7 +12,6 @@ from daps_jax import build
 from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import methods
-from daps_jax import state as state_lib
 from daps_jax.data import motion
 from tests import helpers
 
@@ -204,9 +203,7 @@ def test_bisection_dual_solver_builds_on_every_dataset_config(dataset):
   config_lib.validate(config)
   # LAFAN1's shapes come from its prepared data; the H1 CSV's 29 features stand in.
   run = build.assemble(config, spec=motion.nominal_spec(29) if dataset == 'lafan1' else None)
-  state = jax.eval_shape(lambda r: state_lib.create_state(
-      r, run.networks, build.optimizers(config), init_aux=run.method.init_aux),
-                         jax.random.key(0))
   batch = {'inputs': jax.ShapeDtypeStruct((2, *run.spec.shape), jnp.float32)}
-  new_state, metrics = jax.eval_shape(run.method.train_step, state, batch, jax.random.key(1))
+  new_state, metrics = jax.eval_shape(run.method.train_step, run.abstract_state(), batch,
+                                      jax.random.key(1))
   assert metrics['dual/eta'].shape == () and new_state.aux['dual'].params['log_eta'].shape == ()

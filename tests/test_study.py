@@ -52,7 +52,8 @@ def test_study_grid_settings_resume_and_table(tmp_path):
   assert 'Trust-region diagnostics' in table and 'β/(η+β) @100%' in table
 
   again = _study(workdir, *args)
-  assert again.returncode == 0 and 'training in' not in again.stdout, again.stdout
+  assert again.returncode == 0 and 'training in' not in again.stderr, again.stderr[-3000:]
+  assert again.stderr.count('skipped') == 4
   refused = _study(workdir, '--methods=fsq', '--seeds=1', '--solvers=short', '--horizons=1',
                    '--learning_rates=1e-3')
   assert refused.returncode == 1 and 'Traceback' not in refused.stderr

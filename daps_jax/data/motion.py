@@ -80,7 +80,7 @@ def _clip_paths(source_dir: pathlib.Path) -> list[pathlib.Path]:
 def _statistics(train: list[np.ndarray]) -> dict[str, np.ndarray]:
   frames = np.concatenate(train).astype(np.float64)
   return {'mean': frames.mean(0), 'std': frames.std(0), 'min': frames.min(0),
-          'max': frames.max(0), 'var': frames.var(0)}
+          'max': frames.max(0)}
 
 
 def _record(features: np.ndarray) -> bytes:
@@ -129,7 +129,7 @@ def prepare(source_dir: PathLike, data_dir: PathLike) -> pathlib.Path:
     raise DataError(f'{source_dir} holds none of the validation clips '
                     f'({", ".join(VALIDATION_CLIPS)}); add them.')
   stats = _statistics([c.features for c in split['train']])
-  keep = np.flatnonzero(stats['var'] >= MIN_VARIANCE)
+  keep = np.flatnonzero(np.square(stats['std']) >= MIN_VARIANCE)
   if not len(keep):
     raise DataError(f'Every feature of the training clips of {source_dir} is constant.')
   mean, std = stats['mean'][keep], stats['std'][keep]
@@ -202,11 +202,16 @@ def spec(data_dir: PathLike | None) -> DatasetSpec:
   metadata, _ = load(data_dir)
   kept = metadata['kept']
   pick = lambda key: tuple(float(metadata[key][i]) for i in kept)
-  return DatasetSpec(
-      NAME, (metadata['window'], len(kept)), 'gaussian', mean=pick('mean'), std=pick('std'),
-      train_split='train', eval_split='validation', modality='motion',
-      data_range=(pick('min'), pick('max')),
-      feature_names=tuple(metadata['feature_names'][i] for i in kept))
+  return _spec(pick('mean'), pick('std'), (pick('min'), pick('max')),
+               tuple(metadata['feature_names'][i] for i in kept))
+
+
+def _spec(mean: tuple[float, ...], std: tuple[float, ...],
+          data_range: tuple[tuple[float, ...], tuple[float, ...]],
+          feature_names: tuple[str, ...] | None = None) -> DatasetSpec:
+  return DatasetSpec(NAME, (WINDOW, len(mean)), 'gaussian', mean=mean, std=std,
+                     train_split='train', eval_split='validation', modality='motion',
+                     data_range=data_range, feature_names=feature_names)
 
 
 # Features per frame before any is dropped: LAFAN1's 22-joint BVH skeleton and the
@@ -217,10 +222,8 @@ NOMINAL_FEATURES = {'bvh': 136, 'csv': 29}
 def nominal_spec(channels: int) -> DatasetSpec:
   """A spec of `channels` features with unit statistics, for shapes before data exists
   (parameter counts); never for training."""
-  ones = (1.0,) * channels
-  return DatasetSpec(NAME, (WINDOW, channels), 'gaussian', mean=(0.0,) * channels, std=ones,
-                     train_split='train', eval_split='validation', modality='motion',
-                     data_range=((0.0,) * channels, ones))
+  zeros, ones = (0.0,) * channels, (1.0,) * channels
+  return _spec(zeros, ones, (zeros, ones))
 
 
 class TrainClips(Sequence[dict]):

@@ -54,11 +54,9 @@ SETTINGS = {
 }
 # AR Gumbel's learning rates (spec section 5; LAFAN's cosine ends at 0.1x, as the
 # authors' config).
-OPTIM = {('gumbel', 'cifar10'): dict(schedule='cosine', learning_rate=1e-4,
-                                     final_learning_rate=1e-5),
-         ('gumbel', 'imagenet2012'): dict(learning_rate=1e-4),
-         ('gumbel', 'lafan1'): dict(schedule='cosine', learning_rate=1e-4,
-                                    final_learning_rate=1e-5)}
+_COSINE = dict(schedule='cosine', learning_rate=1e-4, final_learning_rate=1e-5)
+OPTIM = {('gumbel', 'cifar10'): _COSINE, ('gumbel', 'imagenet2012'): dict(learning_rate=1e-4),
+         ('gumbel', 'lafan1'): _COSINE}
 
 
 @dataclasses.dataclass(frozen=True)
