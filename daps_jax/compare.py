@@ -11,10 +11,19 @@ method (a field a method does not have is an error). Every run is evaluated on
 the full validation split; WORKDIR/results.md, results.csv and results.png hold
 the table (mean ± std over seeds, best per column in bold), the learning curves
 and the codebook-usage histograms.
+
+With --priors, each finished run then gets the autoregressive code prior of
+`python -m daps_jax.prior` (settings from --prior_config, the same for every run;
+a finished prior is skipped), and WORKDIR/priors/ holds the substrate table:
+reconstruction PSNR and codebook usage beside the prior's held-out bits per
+input and per token, the independent baseline, and the gFID of its samples,
+with every run's sample grid as samples_<method>_seed<i>.png.
 """
 
+import dataclasses
 import datetime
 import os
+import shutil
 import platform
 import shlex
 import sys
@@ -34,6 +43,7 @@ from daps_jax import methods
 from daps_jax import preemption
 from daps_jax import report
 from daps_jax import runs as runs_lib
+from daps_jax.prior import loop as prior_loop
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Dataset config file (any method).',
                                           lock_config=False)
@@ -42,6 +52,12 @@ _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method: config.seed + 0 .. 
 _METHOD_SEEDS = flags.DEFINE_list('method_seeds', [],
                                   'Per-method exceptions to --seeds, e.g. vimco=2,grmck_na=2.')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the runs and the results.')
+_PRIORS = flags.DEFINE_bool('priors', False, 'Also train a code prior on every run and write '
+                            'the substrate table to WORKDIR/priors/.')
+_PRIOR_CONFIG = config_flags.DEFINE_config_file(
+    'prior_config', os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 'configs', 'prior.py'), 'The prior config (with --priors).',
+    lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # The paper's Table 1 (spec section 7), shown next to our numbers where it applies.
@@ -107,6 +123,11 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int]) -> None:
     if runs_lib.train_unless_finished(config, workdir, f'{method} seed {i}'):
       wall[method] = wall.get(method, 0.0) + time.time() - start
     runs.append(runs_lib.load_run(workdir, config, i))
+  output = _WORKDIR.value
+  if _PRIORS.value:
+    output = os.path.join(_WORKDIR.value, 'priors')
+    runs = [_with_prior(run, os.path.join(_WORKDIR.value, run.method, f'seed_{run.seed}'), output)
+            for run in runs]
 
   first = next(iter(configs.values()))
   spec = data.get_spec(first.data.name, first.data.dir)
@@ -139,8 +160,28 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int]) -> None:
     meta['training wall time (this invocation)'] = ', '.join(
         f'{m} {wall[m] / 60:.1f} min' for m in _METHODS.value if m in wall)
   reference = PAPER_TABLE1.get(first.data.name)
-  paths = report.write(_WORKDIR.value, runs, meta, methods=_METHODS.value, reference=reference)
+  if _PRIORS.value:
+    p = _PRIOR_CONFIG.value
+    meta['prior'] = (f'`python -m daps_jax.prior` on each run ({p.codes} codes, width {p.width}, '
+                     f'{p.num_layers} layers, {p.total_steps:,} steps of {p.batch_size}); gFID of '
+                     'one unconditional sample per validation input vs the validation originals')
+    reference = None
+  paths = report.write(output, runs, meta, methods=_METHODS.value, reference=reference)
   print(open(paths['md']).read())
+
+
+def _with_prior(run: report.Run, workdir: str, output: str) -> report.Run:
+  """`run` with its code prior's final metrics (trained here unless finished), and its
+  sample grid copied to `output`."""
+  config = _PRIOR_CONFIG.value
+  directory = os.path.join(workdir, prior_loop.PRIOR_DIR)
+  metrics = (prior_loop.last_eval(directory) if prior_loop.finished(directory, config.total_steps)
+             else prior_loop.train_prior(workdir, config))
+  grid = os.path.join(directory, f'samples_{config.total_steps:08d}.png')
+  os.makedirs(output, exist_ok=True)
+  if os.path.exists(grid):
+    shutil.copyfile(grid, os.path.join(output, f'samples_{run.method}_seed{run.seed}.png'))
+  return dataclasses.replace(run, final={**run.final, **metrics})
 
 
 if __name__ == '__main__':

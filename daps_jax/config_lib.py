@@ -208,10 +208,18 @@ def model(*, num_tokens: int, vocab_size: int, width: int, encoder_layers: int,
   m.decoder_layers = decoder_layers  # AR encoder: causal layers over tokens.
   m.na_layers = na_layers  # NA encoder: bidirectional layers.
   m.na_mlp_ratio = na_mlp_ratio  # NA encoder: MLP hidden = na_mlp_ratio * D.
-  m.remat = False  # Encoders: recompute each transformer block in the backward pass (memory).
-  m.attention_chunk = 0  # Encoders: attention over this many queries at a time (0: all).
+  m.update(optional_model_fields())
   m.decoder = decoder
   m.likelihood = likelihood
+  return m
+
+
+def optional_model_fields() -> ml_collections.ConfigDict:
+  """Model fields with a default for every dataset (a run saved before they existed
+  reads them with these values)."""
+  m = ml_collections.ConfigDict()
+  m.remat = False  # Encoders: recompute each transformer block in the backward pass (memory).
+  m.attention_chunk = 0  # Encoders: attention over this many queries at a time (0: all).
   return m
 
 

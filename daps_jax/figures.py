@@ -150,9 +150,10 @@ def _render(fig) -> np.ndarray:
   return np.asarray(canvas.buffer_rgba())[..., :3].copy()  # contiguous, owns its memory.
 
 
-def motion_figure(originals: np.ndarray, reconstructions: np.ndarray,
+def motion_figure(originals: np.ndarray, reconstructions: np.ndarray | None,
                   feature_names: tuple[str, ...] | None = None, title: str = '') -> np.ndarray:
-  """Feature curves of up to 3 validation windows: truth solid, reconstruction dashed.
+  """Feature curves of up to 3 windows: truth solid, reconstruction dashed (None:
+  the windows alone, e.g. samples of a prior).
 
   One row per window and one panel per feature; the features are the 4 with the
   largest variance over time in the windows shown (the joints that move).
@@ -166,7 +167,8 @@ def motion_figure(originals: np.ndarray, reconstructions: np.ndarray,
     uint8 [H, W, 3] RGB image.
   """
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
-  if originals.shape != reconstructions.shape or originals.ndim != 3 or not len(originals):
+  if (reconstructions is not None and reconstructions.shape != originals.shape
+      or originals.ndim != 3 or not len(originals)):
     raise ValueError(f'motion_figure needs two equal [N, T, C] arrays, N >= 1; got '
                      f'{originals.shape} and {reconstructions.shape}.')
   windows = min(len(originals), MOTION_WINDOWS)
@@ -180,8 +182,9 @@ def motion_figure(originals: np.ndarray, reconstructions: np.ndarray,
     for col, feature in enumerate(moving):
       ax = axes[row, col]
       ax.plot(frames, originals[row, :, feature], color='black', lw=1.2, label='truth')
-      ax.plot(frames, reconstructions[row, :, feature], color=CURVE_COLOUR, lw=1.2, ls='--',
-              label='reconstruction')
+      if reconstructions is not None:
+        ax.plot(frames, reconstructions[row, :, feature], color=CURVE_COLOUR, lw=1.2, ls='--',
+                label='reconstruction')
       ax.set_ylim(-0.05, 1.05)
       ax.set_title(f'window {row}: {names[feature]}', fontsize=8)
       ax.tick_params(labelsize=7)

@@ -23,16 +23,39 @@ def _to_rgb_uint8(images: np.ndarray) -> np.ndarray:
   return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
+def _tiles(rows: list[np.ndarray], cols: int) -> np.ndarray:
+  """Rows of up to `cols` images [n, H, W, C] in [0, 1] -> one uint8 RGB grid.
+
+  Tiles are separated by 2 grey pixels, enlarged by an integer nearest-neighbour
+  factor when the grid would be narrower than 256 pixels; unused tiles stay grey.
+  """
+  height, width = rows[0].shape[1:3]
+  scale = max(1, math.ceil(GRID_MIN_WIDTH / (cols * width)))
+  tile_h, tile_w = height * scale + SEPARATOR, width * scale + SEPARATOR
+  grid = np.full((len(rows) * tile_h - SEPARATOR, cols * tile_w - SEPARATOR, 3),
+                 SEPARATOR_VALUE, np.uint8)
+  for r, row in enumerate(rows):
+    row = _to_rgb_uint8(row).repeat(scale, axis=1).repeat(scale, axis=2)
+    for c, image in enumerate(row):
+      grid[r * tile_h:r * tile_h + height * scale, c * tile_w:c * tile_w + width * scale] = image
+  return grid
+
+
+def _check_images(x: np.ndarray) -> None:
+  if x.ndim != 4 or x.shape[-1] not in (1, 3):
+    raise ValueError(f'images must be [N, H, W, 1 or 3], got {x.shape}.')
+  if len(x) < 1:
+    raise ValueError('an image grid needs at least one image.')
+
+
 def reconstruction_grid(
     originals: np.ndarray, reconstructions: np.ndarray, max_images: int = 16
 ) -> np.ndarray:
   """Originals above their reconstructions, up to 8 pairs per row.
 
   The first min(N, max_images) pairs are laid out row by row: each row of
-  originals is directly followed by the row of their reconstructions. Tiles are
-  separated by 2 grey pixels; images are enlarged by an integer
-  nearest-neighbour factor when the grid would be narrower than 256 pixels;
-  unused tiles of the last row stay grey.
+  originals is directly followed by the row of their reconstructions (tiles as
+  in `image_grid`).
 
   Args:
     originals: [N, H, W, C] images in [0, 1], C in {1, 3}.
@@ -46,30 +69,24 @@ def reconstruction_grid(
   if originals.shape != reconstructions.shape:
     raise ValueError(
         f'shapes differ: originals {originals.shape}, reconstructions {reconstructions.shape}.')
-  if originals.ndim != 4 or originals.shape[-1] not in (1, 3):
-    raise ValueError(f'images must be [N, H, W, 1 or 3], got {originals.shape}.')
+  _check_images(originals)
   num = min(len(originals), max_images)
   if num < 1:
-    raise ValueError('reconstruction_grid needs at least one image.')
-  height, width = originals.shape[1:3]
+    raise ValueError(f'max_images must be >= 1, got {max_images}.')
   cols = min(num, GRID_COLUMNS)
-  scale = max(1, math.ceil(GRID_MIN_WIDTH / (cols * width)))
-  tiles = [
-      _to_rgb_uint8(x[:num]).repeat(scale, axis=1).repeat(scale, axis=2)
-      for x in (originals, reconstructions)
-  ]
-  tile_h, tile_w = height * scale + SEPARATOR, width * scale + SEPARATOR
-  pair_rows = math.ceil(num / cols)
-  grid = np.full(
-      (2 * pair_rows * tile_h - SEPARATOR, cols * tile_w - SEPARATOR, 3),
-      SEPARATOR_VALUE, np.uint8)
-  for i in range(num):
-    row, col = divmod(i, cols)
-    x0 = col * tile_w
-    for j, images in enumerate(tiles):  # j = 0: original, j = 1: reconstruction.
-      y0 = (2 * row + j) * tile_h
-      grid[y0:y0 + height * scale, x0:x0 + width * scale] = images[i]
-  return grid
+  rows = []
+  for start in range(0, num, cols):
+    rows += [originals[start:min(start + cols, num)], reconstructions[start:min(start + cols, num)]]
+  return _tiles(rows, cols)
+
+
+def image_grid(images: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
+  """Images [N, H, W, C] in [0, 1] (C in {1, 3}), `columns` per row, as uint8 RGB
+  [R * (s*H + 2) - 2, columns * (s*W + 2) - 2, 3] (R = ceil(N / columns) rows)."""
+  _check_images(images)
+  if columns < 1:
+    raise ValueError(f'columns must be >= 1, got {columns}.')
+  return _tiles([images[i:i + columns] for i in range(0, len(images), columns)], columns)
 
 
 def save_png(path: str | os.PathLike[str], image: np.ndarray) -> None:

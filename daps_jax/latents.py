@@ -86,8 +86,12 @@ def example_keys(rng: jax.Array, batch_size: int, axis_name: str | None = None) 
 
 
 def sample_latents(encoder: nn.Module, params, x: jax.Array, rng: jax.Array,
-                   num_samples: int, axis_name: str | None = None) -> Rollout:
+                   num_samples: int, axis_name: str | None = None, *,
+                   greedy: bool = False) -> Rollout:
   """Draws K latent sequences per input from q_theta(z|x), without gradient.
+
+  With `greedy` each token is the most likely one given the tokens before it (K
+  copies of one sequence), not a draw.
 
   Args:
     encoder: an `AREncoder` or `NAEncoder` module (unbound).
@@ -105,9 +109,13 @@ def sample_latents(encoder: nn.Module, params, x: jax.Array, rng: jax.Array,
   keys = _input_keys(rng, b, axis_name)
   if not encoder.autoregressive:
     logits = encoder.apply(params, x)[:, None]  # [B, 1, L, V]
-    draw = lambda key, lg: jax.random.categorical(key, lg, axis=-1,
-                                                  shape=(num_samples, lg.shape[1]))
-    tokens = jax.vmap(draw)(keys, logits).astype(jnp.int32)
+    if greedy:
+      tokens = jnp.broadcast_to(logits.argmax(-1), (b, num_samples, logits.shape[2]))
+    else:
+      draw = lambda key, lg: jax.random.categorical(key, lg, axis=-1,
+                                                    shape=(num_samples, lg.shape[1]))
+      tokens = jax.vmap(draw)(keys, logits)
+    tokens = tokens.astype(jnp.int32)
     return Rollout(tokens, _token_log_prob(logits, tokens).sum(-1))
 
   cross = encoder.apply(params, x, method='encode')  # Once per input, not per sample.
@@ -116,9 +124,12 @@ def sample_latents(encoder: nn.Module, params, x: jax.Array, rng: jax.Array,
   def step(carry, position):
     token, cache, log_q = carry
     logits, cache = encoder.apply(params, token, position, cache, cross, method='decode_step')
-    step_keys = jax.vmap(lambda key: jax.random.fold_in(key, position))(keys)
-    token = jax.vmap(lambda key, lg: jax.random.categorical(key, lg, axis=-1))(
-        step_keys, unfold_samples(logits, num_samples)).reshape(-1).astype(jnp.int32)
+    if greedy:
+      token = logits.argmax(-1).astype(jnp.int32)
+    else:
+      step_keys = jax.vmap(lambda key: jax.random.fold_in(key, position))(keys)
+      token = jax.vmap(lambda key, lg: jax.random.categorical(key, lg, axis=-1))(
+          step_keys, unfold_samples(logits, num_samples)).reshape(-1).astype(jnp.int32)
     return (token, cache, log_q + _token_log_prob(logits, token)), token
 
   init = (start, encoder.init_cache(b * num_samples), jnp.zeros((b * num_samples,), jnp.float32))

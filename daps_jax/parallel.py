@@ -72,6 +72,11 @@ def pmean(tree, axis_name: str | None):
   return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
 
 
+def psum(tree, axis_name: str | None):
+  """Sum over the device axis inside a mapped step; the identity without one."""
+  return tree if axis_name is None else jax.lax.psum(tree, axis_name)
+
+
 def _device_axis(devices: Sequence[jax.Device]) -> jax.sharding.NamedSharding:
   """Arrays [devices, ...] split over `devices` along the leading axis, as `pmap_step`
   lays out its inputs and outputs."""

@@ -63,9 +63,16 @@ COLUMNS = (
     Column('codebook/used_fraction', 'codebook used', True, '.3f'),
     Column('codebook/perplexity', 'perplexity', True, '.1f'),
     Column('eval/fid', 'FID', False, '.2f'),
+    # The code prior's (compare --priors): held-out code NLL, its baseline, sample quality.
+    Column('prior/bits_per_input', 'prior bits/input', False, '.2f'),
+    Column('prior/bits_per_token', 'prior bits/token', False, '.3f'),
+    Column('prior/independent_bits_per_token', 'independent bits/token', False, '.3f'),
+    Column('prior/gfid', 'gFID', False, '.2f'),
 )
 # Columns shown only when at least one row has them; the others are always shown.
-_OPTIONAL = frozenset({'eval/fid', 'eval/psnr_batch'})
+_OPTIONAL = frozenset({'eval/fid', 'eval/psnr_batch', 'prior/bits_per_input',
+                       'prior/bits_per_token', 'prior/independent_bits_per_token',
+                       'prior/gfid'})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,6 +63,26 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   assert 'reconstructions vs the test originals (rfid)' in open(
       os.path.join(workdir, 'results.md')).read()
 
+  # --priors: a code prior on each finished run (none retrained), the substrate table.
+  tiny_prior = ['--prior_config.width=16', '--prior_config.num_layers=1',
+                '--prior_config.num_heads=2', '--prior_config.total_steps=2',
+                '--prior_config.batch_size=256', '--prior_config.eval_every_steps=2',
+                '--prior_config.checkpoint_every_steps=2', '--prior_config.optim.warmup_steps=0',
+                '--prior_config.sample.fid_every_steps=-1',
+                '--prior_config.sample.grid_per_class=1']
+  priors = _compare(workdir, '--methods=vimco,fsq', '--seeds=1', '--priors', *tiny_prior)
+  assert priors.returncode == 0, priors.stderr[-3000:]
+  assert os.path.getsize(metrics) == size
+  with open(os.path.join(workdir, 'priors', 'results.csv')) as f:
+    rows = {row['method']: row for row in csv.DictReader(f)}
+  for method, codes in (('vimco', 16), ('fsq', 240)):
+    bits = float(rows[method]['prior/bits_per_token_mean'])
+    assert 0 < bits < 1.2 * math.log2(codes), (method, bits)
+    assert float(rows[method]['prior/bits_per_input_mean']) == pytest.approx(8 * bits)
+    assert float(rows[method]['eval/psnr_mean']) > 0  # The reconstruction columns stay.
+    assert os.path.getsize(os.path.join(workdir, 'priors', f'samples_{method}_seed0.png')) > 0
+  assert 'python -m daps_jax.prior' in open(os.path.join(workdir, 'priors', 'results.md')).read()
+
 
 def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
   result = _compare(str(tmp_path), '--methods=daps,vqvae', '--seeds=1',

@@ -58,6 +58,15 @@ def test_shellcheck(script):
   assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_device_benchmark_script_shellcheck():
+  """bench/device.sh, the one command for a lent GPU, is shellcheck-clean."""
+  if shutil.which('shellcheck') is None:
+    pytest.fail('shellcheck is not installed: apt-get install shellcheck')
+  result = subprocess.run(['shellcheck', os.path.join(helpers.REPO, 'bench', 'device.sh')],
+                          capture_output=True, text=True)
+  assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize('script', SCRIPTS)
 def test_scripts_document_variables_and_example(script):
   with open(os.path.join(LAUNCH, script)) as f:

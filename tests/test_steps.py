@@ -6,9 +6,11 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from daps_jax import latents
 from daps_jax import models
 from daps_jax import optim
 from daps_jax import parallel
@@ -184,3 +186,50 @@ def test_sample_chunks_shrink_the_compiled_step():
     config.batch_size = 32
     temp[chunks] = common.memory_analysis(config)['temp_size']
   assert 0 < temp[4] < 0.75 * temp[1], temp
+
+
+def test_top_k_teacher_forces_the_heaviest_samples_only():
+  """method.top_k: the kept samples are each input's k largest weights, and their
+  weighted NLL and gradient equal the full K-sample ones with the other weights set
+  to 0 (what the option drops, exactly); top_k = K is the plain step."""
+  from daps_jax import build  # pylint: disable=g-import-not-at-top
+  from tests import helpers as h  # pylint: disable=g-import-not-at-top
+
+  config = h.tiny_config('daps')
+  assembly = build.assemble(config)
+  state = assembly.initial_state()
+  encoder = assembly.networks.encoder
+  rng = np.random.default_rng(0)
+  x = jnp.asarray((rng.random((3, 28, 28, 1)) > 0.5).astype(np.float32))
+  rollout = latents.sample_latents(encoder, {'params': state.encoder.params}, x,
+                                   jax.random.key(1), 4)
+  weights = jax.nn.softmax(jnp.asarray(rng.standard_normal((3, 4)), jnp.float32), -1)
+  tokens, kept = daps.top_k_samples(rollout.tokens, weights, 2)
+  order = np.argsort(-np.asarray(weights), axis=1)[:, :2]
+  np.testing.assert_array_equal(kept, np.take_along_axis(np.asarray(weights), order, 1))
+  np.testing.assert_array_equal(tokens, np.take_along_axis(np.asarray(rollout.tokens),
+                                                           order[..., None], 1))
+  mask = np.zeros((3, 4), np.float32)
+  np.put_along_axis(mask, order, 1.0, axis=1)
+  loss_k, _, grads_k = daps.weighted_nll_and_grad(encoder, state.encoder.params, x, tokens, kept)
+  loss, _, grads = daps.weighted_nll_and_grad(encoder, state.encoder.params, x, rollout.tokens,
+                                              weights * mask)
+  np.testing.assert_allclose(loss_k, loss, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(grads_k), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+  def run(top_k):
+    config = h.tiny_config('daps')
+    config.method.top_k = top_k
+    run = build.assemble(config)
+    images = (np.random.default_rng(3).random((8, 28, 28, 1)) > 0.5).astype(np.float32)
+    return jax.jit(run.method.train_step)(run.initial_state(), {'inputs': images},
+                                          jax.random.key(2))
+
+  (s0, m0), (s4, m4), (s1, m1) = run(0), run(4), run(1)
+  for a, b in zip(jax.tree.leaves(s0), jax.tree.leaves(s4)):
+    np.testing.assert_array_equal(a, b)
+  assert float(m4['policy/kept_weight']) == pytest.approx(1.0)
+  assert 0.25 <= float(m1['policy/kept_weight']) < 1.0  # The largest of 4 weights summing to 1.
+  assert not np.allclose(jax.tree.leaves(s1.encoder.params)[0],
+                         jax.tree.leaves(s0.encoder.params)[0])

@@ -260,7 +260,11 @@ class ValidationWindows(Sequence[dict]):
 
 
 def source(split: str, data_dir: PathLike | None) -> Sequence[dict]:
+  """'train' (clips, cut into random windows by the train pipeline), 'validation' (its
+  tiling) or 'train_windows' (the tiling of the training clips, e.g. to encode them)."""
   _, clips = load(data_dir)
+  if split == 'train_windows':
+    return ValidationWindows(clips['train'])
   if split not in SPLITS:
     raise DataError(f"{NAME} has splits 'train' and 'validation', not {split!r}.")
   return TrainClips(clips['train']) if split == 'train' else ValidationWindows(

@@ -136,9 +136,9 @@ def num_eval_examples(name: str, data_dir: PathLike | None) -> int:
 
 
 def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
-                 process_index: int = 0,
-                 process_count: int = 1) -> Iterator[Batch]:
-  """The eval split of dataset ``name``, once, for this process.
+                 process_index: int = 0, process_count: int = 1,
+                 split: str | None = None) -> Iterator[Batch]:
+  """The eval split (or ``split``) of dataset ``name``, once, in order, for this process.
 
   Global batch k is examples [k B, (k + 1) B) (B = batch_size * P, P =
   process_count), and process p reads rows [p b, (p + 1) b) of it, as in
@@ -149,16 +149,17 @@ def eval_batches(name: str, *, data_dir: PathLike | None, batch_size: int,
 
   Returns:
     An iterator of ``{'inputs': float32 [batch_size, *spec.shape],
-    'mask': bool [batch_size]}``.
+    'mask': bool [batch_size], 'label': int64 [batch_size]}`` (label -1: none or padding).
   """
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count}).')
   spec = preprocess.get_spec(name, data_dir)
-  source = get_source(name, spec.eval_split, data_dir)
+  source = get_source(name, split or spec.eval_split, data_dir)
   num_batches = math.ceil(len(source) / (batch_size * process_count))
-  padding = {'inputs': np.zeros(spec.shape, np.float32), 'mask': False}
+  padding = {'inputs': np.zeros(spec.shape, np.float32), 'mask': False, 'label': np.int64(-1)}
   ds = (grain.MapDataset.source(source)
-        .map(lambda ex: {'inputs': preprocess.eval_input(ex, spec), 'mask': True}))
+        .map(lambda ex: {'inputs': preprocess.eval_input(ex, spec), 'mask': True,
+                         'label': np.int64(ex.get('label', -1))}))
   ds = _ProcessRows(ds, batch_size=batch_size, process_index=process_index,
                     process_count=process_count, num_batches=num_batches, padding=padding)
   return iter(ds.batch(batch_size).to_iter_dataset(_READ_OPTIONS))

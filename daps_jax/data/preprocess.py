@@ -61,6 +61,11 @@ class DatasetSpec:
   feature_names: tuple[str, ...] | None = None
 
   @property
+  def ordered_train_split(self) -> str:
+    """The training split as fixed examples (motion: the tiling of the training clips)."""
+    return 'train_windows' if self.modality == 'motion' else self.train_split
+
+  @property
   def random_train(self) -> bool:
     """Whether a training example is drawn with an rng (augmentation, motion windows)."""
     return self.augment or self.modality == 'motion'

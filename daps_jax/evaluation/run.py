@@ -15,6 +15,7 @@ from daps_jax import build
 from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import errors
+from daps_jax import methods
 from daps_jax import parallel
 from daps_jax import writers
 from daps_jax.evaluation import loop
@@ -26,7 +27,9 @@ class EvaluateError(errors.UserError):
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's config.json on top of today's defaults (fields added since are filled in)."""
+  """The run's config.json on top of today's defaults: fields added since it was
+  trained read as their defaults (the trainer's, the model's optional fields, and
+  the method's own)."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise EvaluateError(f'{path} does not exist: --workdir must be a directory that '
@@ -34,6 +37,10 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   with open(path) as f:
     saved = json.load(f)
   config = config_lib.base_config()
+  config.model = config_lib.optional_model_fields()
+  name = saved.get('method', {}).get('name')
+  if name in methods.NAMES:  # Fields the method gained since; its per-dataset values are saved.
+    config.method = methods.module(name).config(name, 'mnist')
   _merge(config, saved)
   return config
 

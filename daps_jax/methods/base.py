@@ -51,6 +51,11 @@ class Encoding(NamedTuple):
   kl: jax.Array | None  # [B] KL(q || uniform) along the path; None without analytic q
 
 
+def decode_tokens(state: state_lib.State, tokens: jax.Array, *, networks) -> jax.Array:
+  """The eval-mode decoder output of code indices [B, L] (a `Method.decode`)."""
+  return networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class Method:
   """A method's pure functions, bound to its networks and hyperparameters."""
@@ -60,6 +65,8 @@ class Method:
   init_aux: Callable  # (rng, encoder variables, decoder variables) -> state.aux
   beta_final: float | None  # the beta of the reported beta-ELBO (None: no analytic q)
   schedules: dict[str, Schedule]  # logged name -> (step -> value)
+  # (state, code indices [B, L], *, networks) -> decoder output: generation from codes.
+  decode: Callable = decode_tokens
 
 
 def no_aux(rng: jax.Array, encoder_vars: dict, decoder_vars: dict) -> dict:
@@ -229,5 +236,4 @@ def categorical_encode(state: state_lib.State, x: jax.Array, rng: jax.Array, *, 
   rollout = latents.sample_latents(networks.encoder, enc_vars, x, rng, 1, axis_name)
   kl = latents.score_latents(networks.encoder, enc_vars, x, rollout.tokens).kl[:, 0]
   tokens = rollout.tokens[:, 0]
-  out = networks.decoder.apply(state_lib.variables(state.decoder), tokens, train=False)
-  return Encoding(tokens, out, kl)
+  return Encoding(tokens, decode_tokens(state, tokens, networks=networks), kl)

@@ -60,6 +60,7 @@ class DapsHparams:
   beta: base.Schedule  # step -> entropy weight
   bisection: Bisection | None = None  # None: the paper's AdamW steps on L_eta
   sample_chunks: int = 1  # the encoder's teacher-forced pass over K / sample_chunks at a time
+  top_k: int = 0  # teacher-force only the top_k largest-weight samples per input (0: all K)
 
 
 def config(name: str, dataset: str) -> ml_collections.ConfigDict:
@@ -80,6 +81,10 @@ def config(name: str, dataset: str) -> ml_collections.ConfigDict:
   # The encoder's gradient over K / sample_chunks samples at a time, summed in a scan:
   # the same update, a fraction of the activation memory (must divide K).
   m.sample_chunks = 1
+  # Teacher-force only the top_k samples of largest weight per input (0: all K), the
+  # MPO trick: the encoder's pass and gradient cost top_k / K; the weight of the dropped
+  # samples is left out of the update (policy/kept_weight is the share kept).
+  m.top_k = 0
   return m
 
 
@@ -100,6 +105,10 @@ def validate(m: ml_collections.ConfigDict) -> None:
                f'must be at least 1, got {m.bisection_iterations}.')
   errors.check(m.sample_chunks >= 1 and m.num_samples % m.sample_chunks == 0,
                'method.sample_chunks', f'{m.sample_chunks} must divide K = {m.num_samples}.')
+  errors.check(0 <= m.top_k <= m.num_samples, 'method.top_k',
+               f'must be in [0, K = {m.num_samples}] (0: all samples), got {m.top_k}.')
+  errors.check(m.top_k % m.sample_chunks == 0, 'method.top_k',
+               f'{m.top_k} samples do not split into sample_chunks = {m.sample_chunks}.')
 
 
 def latent(config: ml_collections.ConfigDict) -> base.Latent:
@@ -119,7 +128,8 @@ def make(config: ml_collections.ConfigDict, networks) -> base.Method:
     dual_tx = optim.adamw(me.eta_learning_rate, weight_decay=0.0, clip=None,
                           max_consecutive_skips=config.optim.max_consecutive_skips)
   hparams = DapsHparams(num_samples=me.num_samples, ess_target=me.ess_target, beta=beta,
-                        bisection=bisection, sample_chunks=me.sample_chunks)
+                        bisection=bisection, sample_chunks=me.sample_chunks,
+                        top_k=me.top_k)
   return base.Method(
       name=me.name, train_step=functools.partial(train_step, networks=networks, hparams=hparams),
       encode=base.categorical_encode,
@@ -132,7 +142,7 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
                        x: jax.Array, rollout: latents.Rollout, rewards: jax.Array,
                        beta: jax.Array, *, encoder, ess_target: float,
                        bisection: Bisection | None = None, sample_chunks: int = 1,
-                       axis_name: str | None = None
+                       top_k: int = 0, axis_name: str | None = None
                        ) -> tuple[state_lib.ModelState, train_state.TrainState, dict]:
   """One DAPS encoder and trust-region update (see `losses` for the equations).
 
@@ -148,6 +158,8 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
       paper); else eta is solved for this batch first and used for its weights.
     sample_chunks: the teacher-forced pass and its gradient run over K /
       sample_chunks samples at a time (`weighted_nll_and_grad`).
+    top_k: teacher-force only the top_k largest-weight samples of each input
+      (`top_k_samples`; 0: all K); the scores in the metrics are theirs.
     axis_name: optional axis to average gradients and ESS statistics over.
   Returns:
     (new encoder state, new dual state, metrics).
@@ -165,8 +177,11 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
   log_w = losses.log_importance_weights(advantages, behaviour_log_q, jnp.exp(log_eta), beta)
   weights = jnp.exp(log_w)
 
+  tokens, kept = rollout.tokens, weights
+  if 0 < top_k < k:
+    tokens, kept = top_k_samples(tokens, weights, top_k)
   policy_loss, scores, grads = weighted_nll_and_grad(
-      encoder, encoder_state.params, x, rollout.tokens, weights, sample_chunks)
+      encoder, encoder_state.params, x, tokens, kept, sample_chunks)
   grads = parallel.pmean(grads, axis_name)
   new_encoder = encoder_state.apply_gradients(grads=grads)
 
@@ -185,9 +200,18 @@ def policy_search_step(encoder_state: state_lib.ModelState, dual_state: train_st
       'dual/ess_fraction': ess / k,
       'policy/advantage': advantages.mean(),
       'policy/max_weight': weights.max(-1).mean(),
+      'policy/kept_weight': (kept.sum(-1) / weights.sum(-1)).mean(),
       **base.policy_metrics(beta, scores, rewards, grads, new_encoder),
   }
   return new_encoder, new_dual, metrics
+
+
+def top_k_samples(tokens: jax.Array, weights: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k samples of largest weight per input: tokens [B, K, L], weights [B, K] ->
+  tokens [B, k, L], weights [B, k] (ties to the earlier sample). The weighted NLL over
+  them is the full one with the other samples' weights set to 0."""
+  kept, index = jax.lax.top_k(weights, k)
+  return jnp.take_along_axis(tokens, index[..., None], axis=1), kept
 
 
 def weighted_nll_and_grad(encoder, params, x: jax.Array, tokens: jax.Array, weights: jax.Array,
@@ -251,7 +275,7 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
                                                   ess_target=hparams.ess_target,
                                                   bisection=hparams.bisection,
                                                   sample_chunks=hparams.sample_chunks,
-                                                  axis_name=axis_name)
+                                                  top_k=hparams.top_k, axis_name=axis_name)
   metrics = {**dec_metrics, **pol_metrics}
   new_state = state_lib.State(step=state.step + 1, encoder=encoder, decoder=decoder,
                               aux={'dual': dual})

@@ -53,7 +53,8 @@ def make(config: ml_collections.ConfigDict, networks) -> base.Method:
       name=config.method.name,
       train_step=functools.partial(train_step, networks=networks, levels=levels),
       encode=functools.partial(encode, levels=levels), init_aux=base.no_aux, beta_final=None,
-      schedules=base.learning_rate_schedules(config))
+      schedules=base.learning_rate_schedules(config),
+      decode=functools.partial(decode, levels=levels))
 
 
 # ----------------------------------------------------------------------------- estimator
@@ -127,6 +128,14 @@ def train_step(state: state_lib.State, batch: dict, rng: jax.Array, *, networks,
   new_state, log_p, metrics = base.joint_step(state, loss_fn, axis_name)
   metrics.update({'loss/decoder': -log_p.mean(), 'decoder/log_p': log_p.mean()})
   return new_state, parallel.pmean(metrics, axis_name)
+
+
+def decode(state: state_lib.State, tokens: jax.Array, *, networks,
+           levels: tuple[int, ...]) -> jax.Array:
+  """The eval-mode decoder output of code indices [B, L] (their grid codes)."""
+  return base.decoder_apply(state.decoder, state.decoder.params,
+                            indices_to_codes(tokens, levels), decoder=networks.decoder,
+                            train=False)
 
 
 def encode(state: state_lib.State, x: jax.Array, rng: jax.Array, *, networks,

@@ -131,7 +131,8 @@ class EncoderBlock(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-  """Causal pre-LN block with cross-attention to encoded patches.
+  """Causal pre-LN block with cross-attention to encoded patches (or, with
+  `cross_attention=False`, none: the code prior's block, which takes cross=None).
 
   Two entry points with identical numbers: `__call__` (teacher forcing over the
   whole sequence) and `step` (one position against a fixed-length KV cache).
@@ -140,12 +141,14 @@ class DecoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: int
   attention_chunk: int | None = None
+  cross_attention: bool = True
 
   def setup(self):
     self.self_norm = nn.LayerNorm()
     self.self_attn = Attention(self.width, self.num_heads, self.attention_chunk)
-    self.cross_norm = nn.LayerNorm()
-    self.cross_attn = Attention(self.width, self.num_heads, self.attention_chunk)
+    if self.cross_attention:
+      self.cross_norm = nn.LayerNorm()
+      self.cross_attn = Attention(self.width, self.num_heads, self.attention_chunk)
     self.mlp_norm = nn.LayerNorm()
     self.mlp = MLP(self.width, self.mlp_ratio * self.width)
 
@@ -153,7 +156,9 @@ class DecoderBlock(nn.Module):
     """Cross-attention keys/values [B, H, S, Dh] of the memory [B, S, D], computed once."""
     return self.cross_attn.project_kv(memory)
 
-  def _finish(self, x: jax.Array, cross: KV) -> jax.Array:
+  def _finish(self, x: jax.Array, cross: KV | None) -> jax.Array:
+    if not self.cross_attention:
+      return x + self.mlp(self.mlp_norm(x))
     # x holds G >= 1 consecutive rows per memory row (the K samples of one input):
     # [G*B, T, D] -> [B, G*T, D] makes them extra queries against one copy of the
     # memory's keys/values, which are then read once per input, not once per sample.
@@ -162,7 +167,7 @@ class DecoderBlock(nn.Module):
     x = x + self.cross_attn.attend(h, cross).reshape(x.shape)
     return x + self.mlp(self.mlp_norm(x))
 
-  def __call__(self, x: jax.Array, cross: KV) -> jax.Array:
+  def __call__(self, x: jax.Array, cross: KV | None) -> jax.Array:
     """x [G*B, T, D] -> [G*B, T, D], causal over T; cross k, v [B, H, S, Dh]."""
     length = x.shape[1]
     causal = jnp.tril(jnp.ones((length, length), dtype=bool))
@@ -170,7 +175,8 @@ class DecoderBlock(nn.Module):
     x = x + self.self_attn.attend(h, self.self_attn.project_kv(h), causal)
     return self._finish(x, cross)
 
-  def step(self, x: jax.Array, position: jax.Array, cache: KV, cross: KV) -> tuple[jax.Array, KV]:
+  def step(self, x: jax.Array, position: jax.Array, cache: KV,
+           cross: KV | None) -> tuple[jax.Array, KV]:
     """One position x [G*B, 1, D] at `position`; cache k, v [G*B, H, T, Dh] of fixed T."""
     h = self.self_norm(x)
     new = self.self_attn.project_kv(h)
