@@ -9,6 +9,7 @@ networks -> method that the trainer, the evaluator and the benchmarks share.
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from daps_jax import config_lib
@@ -28,7 +29,7 @@ def networks(config: ml_collections.ConfigDict, spec: data.DatasetSpec,
   latent = methods.module(config.method.name).latent(config)
   common = dict(frontend=frontends.make(spec.modality), vocab_size=m.vocab_size,
                 num_tokens=m.num_tokens, width=m.width, num_heads=m.num_heads, remat=m.remat,
-                attention_chunk=m.attention_chunk or None)
+                attention_chunk=m.attention_chunk or None, dtype=jnp.dtype(m.dtype))
   if latent.autoregressive:
     encoder = models.AREncoder(encoder_layers=m.encoder_layers, decoder_layers=m.decoder_layers,
                                mlp_ratio=m.mlp_ratio, **common)

@@ -51,6 +51,9 @@ _METHODS = flags.DEFINE_list('methods', list(methods.NAMES), 'Methods to compare
 _SEEDS = flags.DEFINE_integer('seeds', 3, 'Seeds per method: config.seed + 0 .. seeds - 1.')
 _METHOD_SEEDS = flags.DEFINE_list('method_seeds', [],
                                   'Per-method exceptions to --seeds, e.g. vimco=2,grmck_na=2.')
+_METHOD_OVERRIDES = flags.DEFINE_list(
+    'method_overrides', [], 'Config fields for one method only, as METHOD:field=value, e.g. '
+    'daps:method.dual_solver=bisection (applied after the --config.* overrides).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the runs and the results.')
 _PRIORS = flags.DEFINE_bool('priors', False, 'Also train a code prior on every run and write '
                             'the substrate table to WORKDIR/priors/.')
@@ -96,10 +99,11 @@ def main(argv):
     sys.exit(f'--methods: unknown {unknown}; valid: {", ".join(methods.NAMES)}.')
   try:
     seeds = runs_lib.seeds_per_method(_METHODS.value, _SEEDS.value, _METHOD_SEEDS.value)
+    per_method = runs_lib.method_overrides(_METHOD_OVERRIDES.value, _METHODS.value)
   except ValueError as e:
     sys.exit(f'error: {e}')
   try:
-    compare(filename, overrides, seeds)
+    compare(filename, overrides, seeds, per_method)
   except errors.UserError as e:
     sys.exit(f'error: {e}')  # Bad input: the message says what to fix; no traceback.
   except preemption.Preempted as e:  # Rerunning the command resumes the comparison.
@@ -107,12 +111,14 @@ def main(argv):
     sys.exit(e.exit_code)
 
 
-def compare(filename: str, overrides: dict, seeds: dict[str, int]) -> None:
+def compare(filename: str, overrides: dict, seeds: dict[str, int],
+            per_method: dict[str, dict]) -> None:
   """Checks every config, trains what is not finished, writes the report."""
   configs = {}
   for method in _METHODS.value:  # Every config is checked before the first run starts.
     for i in range(seeds[method]):
-      config = runs_lib.method_config(filename, overrides, method, i)
+      config = runs_lib.method_config(filename, {**overrides, **per_method.get(method, {})},
+                                      method, i)
       config_lib.validate(config, num_devices=jax.device_count())
       configs[method, i] = config
 

@@ -49,6 +49,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3  # Checkpoints kept on disk (the newest N).
   c.log_every_steps = 100  # Training metrics to metrics.jsonl / TensorBoard every N steps.
   c.num_grid_images = 16  # Originals/reconstructions shown in the eval PNG grid.
+  # Train steps per device call, one lax.scan (small models whose step is dispatch-bound on an
+  # accelerator); logging, eval and checkpoint intervals must be multiples of it.
+  c.steps_per_dispatch = 1
 
   c.fid = ml_collections.ConfigDict()
   c.fid.every_steps = 0  # FID in training evals every N steps (0: final eval only; -1: never).
@@ -134,6 +137,11 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                 'checkpoint_every_steps', 'keep_checkpoints', 'log_every_steps'):
     errors.check(config[field] > 0, field, f'must be positive, got {config[field]}.')
   errors.check(config.num_grid_images >= 0, 'num_grid_images', 'must be >= 0.')
+  n = config.steps_per_dispatch
+  errors.check(n >= 1, 'steps_per_dispatch', f'must be >= 1, got {n}.')
+  for field in ('log_every_steps', 'eval_every_steps', 'checkpoint_every_steps'):
+    errors.check(config[field] % n == 0, field,
+                 f'{config[field]} is not a multiple of steps_per_dispatch = {n}; use one.')
   errors.check(all(isinstance(s, int) and s > 0 for s in config.debug.nan_steps),
                'debug.nan_steps', f'must be positive steps, got {config.debug.nan_steps}.')
   _validate_fid(config.fid)
@@ -150,6 +158,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
                'model.attention_chunk', f'{m.attention_chunk} must divide num_tokens = '
                f'{m.num_tokens} (0: off).')
   errors.check(m.num_tokens >= 1, 'model.num_tokens', 'must be positive.')
+  errors.check(m.dtype in DTYPES, 'model.dtype', f'{m.dtype!r}: use one of {", ".join(DTYPES)}.')
   errors.check(m.width % (2 * m.num_heads) == 0, 'model.width',
                f'{m.width} must be divisible by 2 * num_heads = {2 * m.num_heads}.')
   errors.check(m.decoder.kind in DECODERS, 'model.decoder.kind',
@@ -175,6 +184,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: int = 1) -> None:
 
 
 DECODERS = ('mlp', 'resnet', 'motion')
+DTYPES = ('float32', 'bfloat16')
 FID_PROTOCOLS = ('rfid', 'authors')
 
 
@@ -220,6 +230,9 @@ def optional_model_fields() -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.remat = False  # Encoders: recompute each transformer block in the backward pass (memory).
   m.attention_chunk = 0  # Encoders: attention over this many queries at a time (0: all).
+  # Encoders' matmuls, LayerNorms and KV cache: 'float32' or 'bfloat16' (parameters, softmax,
+  # log q and the losses stay float32).
+  m.dtype = 'float32'
   return m
 
 

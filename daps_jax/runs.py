@@ -6,6 +6,7 @@ finished when it evaluated at its config's last step; a finished run loads as a
 `report.Run`.
 """
 
+import ast
 import json
 import os
 
@@ -72,6 +73,24 @@ def load_run(workdir: str, config: ml_collections.ConfigDict, seed_offset: int) 
                     final=final, curve=records,
                     code_counts=np.load(outputs.counts_path(workdir, config.total_steps)),
                     bits=config_lib.bits_per_input(config))
+
+
+def method_overrides(items: list[str], names: list[str]) -> dict[str, dict]:
+  """{method: {dotted field: value}} from 'method:field=value' items (values parsed as
+  Python literals where they are ones, e.g. 8, 1e-3, True; else kept as text)."""
+  result = {}
+  for item in items:
+    name, colon, assignment = item.partition(':')
+    dotted, equals, text = assignment.partition('=')
+    if not colon or not equals or not dotted or name not in names:
+      raise ValueError(f'--method_overrides={item}: expected METHOD:field=value with METHOD one '
+                       f'of --methods ({", ".join(names)}).')
+    try:
+      value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      value = text
+    result.setdefault(name, {})[dotted] = value
+  return result
 
 
 def seeds_per_method(names: list[str], default: int, exceptions: list[str]) -> dict[str, int]:

@@ -41,6 +41,8 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
       saved = ml_collections.ConfigDict(json.load(f))
     for field in _FROZEN_FIELDS:
       then, now = config_lib.get(saved, field), config_lib.get(config, field)
+      if field == 'model':  # A run saved before an optional field existed had its default.
+        then = {**config_lib.optional_model_fields().to_dict(), **then}
       if json.dumps(then, sort_keys=True) != json.dumps(now, sort_keys=True):
         raise errors.ConfigError(
             f'config.{field} differs from the run in {workdir} ({path}): '
@@ -85,6 +87,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         logging.info('Resumed from step %d in %s.', start_step, ckpt.directory)
       state = parallel.replicate(state)
       p_train_step = parallel.pmap_step(method.train_step, donate_state=True)
+      p_train_steps = parallel.pmap_step(scanned(method.train_step), donate_state=True)
       evaluator = loop.Evaluator(run, fid='off' if config.fid.every_steps < 0 else 'auto')
       writer = writers.MetricWriter(workdir, is_writer=parallel.is_writer(),
                                     resume_step=start_step)
@@ -111,13 +114,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         ckpt.save(step, host_state, loader.get_state())
 
       metrics = None
-      for step in range(start_step + 1, config.total_steps + 1):
-        batch = next(loader)
-        if step in nan_steps:  # Fault injection (config.debug.nan_steps).
-          batch = {**batch, 'inputs': np.full_like(batch['inputs'], np.nan)}
-        previous, (state, metrics) = metrics, p_train_step(state, parallel.shard(batch),
-                                                           rng_loop)
-        # At most two steps in flight: an unbounded queue of dispatched steps can starve
+      step = start_step
+      while step < config.total_steps:
+        n = dispatch_size(step, config.total_steps, config.steps_per_dispatch)
+        batches = []
+        for s in range(step + 1, step + n + 1):
+          batch = next(loader)
+          if s in nan_steps:  # Fault injection (config.debug.nan_steps).
+            batch = {**batch, 'inputs': np.full_like(batch['inputs'], np.nan)}
+          batches.append(parallel.shard(batch))
+        if n == 1:
+          previous, (state, metrics) = metrics, p_train_step(state, batches[0], rng_loop)
+        else:  # [devices, n, B / devices, ...]; the metrics of the group's last step.
+          stacked = jax.tree.map(lambda *b: np.stack(b, axis=1), *batches)
+          previous, (state, metrics) = metrics, p_train_steps(state, stacked, rng_loop)
+          metrics = jax.tree.map(lambda m: m[:, -1], metrics)
+        step += n
+        # At most two dispatches in flight: an unbounded queue of dispatched steps can starve
         # the collectives of XLA's CPU devices (a rendezvous timeout), and buys nothing.
         jax.block_until_ready(previous)
         final = step == config.total_steps
@@ -153,6 +166,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         loader.close()
   parallel.barrier('train_and_evaluate')  # No process exits while others still save.
   return eval_metrics
+
+
+def scanned(train_step):
+  """`train_step` over n batches in one `lax.scan`: (state, batches [n, B, ...], rng) ->
+  (the state after n steps, metrics [n]); the same steps as n calls (the step folds
+  state.step into rng)."""
+  def steps(state, batches, rng, axis_name=None):
+    return jax.lax.scan(lambda s, batch: train_step(s, batch, rng, axis_name=axis_name),
+                        state, batches)
+  return steps
+
+
+def dispatch_size(step: int, total_steps: int, steps_per_dispatch: int) -> int:
+  """Steps of the next device call after `step`: `steps_per_dispatch` from a multiple of
+  it while they fit before `total_steps`, else 1 (a resume off the grid, the tail)."""
+  n = steps_per_dispatch
+  return n if step % n == 0 and step + n <= total_steps else 1
 
 
 def check_finite(state: state_lib.State, step: int, max_skips: int) -> None:

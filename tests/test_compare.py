@@ -97,3 +97,19 @@ def test_method_seeds_are_checked():
   for bad in ('fsq=2', 'vimco=0', 'vimco'):
     with pytest.raises(ValueError, match='--method_seeds'):
       runs.seeds_per_method(['daps', 'vimco'], 3, [bad])
+
+
+def test_method_overrides_are_parsed_and_checked():
+  """--method_overrides: a field for one method only (e.g. DAPS's dual solver beside
+  baselines that have no such field), values as literals where they are ones."""
+  assert runs.method_overrides(
+      ['daps:method.dual_solver=bisection', 'daps:method.top_k=2', 'fsq:optim.clip=None'],
+      ['daps', 'fsq']) == {'daps': {'method.dual_solver': 'bisection', 'method.top_k': 2},
+                           'fsq': {'optim.clip': None}}
+  for bad in ('vimco:method.top_k=2', 'daps:method.top_k', 'method.top_k=2', 'daps:=2'):
+    with pytest.raises(ValueError, match='--method_overrides'):
+      runs.method_overrides([bad], ['daps', 'fsq'])
+  config = runs.method_config(os.path.join(helpers.REPO, 'configs', 'testing.py'),
+                              {'method.dual_solver': 'bisection'},
+                              'daps', 0)
+  assert config.method.dual_solver == 'bisection'

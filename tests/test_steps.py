@@ -233,3 +233,44 @@ def test_top_k_teacher_forces_the_heaviest_samples_only():
   assert 0.25 <= float(m1['policy/kept_weight']) < 1.0  # The largest of 4 weights summing to 1.
   assert not np.allclose(jax.tree.leaves(s1.encoder.params)[0],
                          jax.tree.leaves(s0.encoder.params)[0])
+
+
+@pytest.mark.parametrize('method', ['daps', 'daps_na'])
+def test_bfloat16_encoder_keeps_float32_parameters_and_log_q(method):
+  """model.dtype = 'bfloat16': the same float32 parameters; logits, log q and the losses
+  float32; log q within bf16 rounding of the float32 encoder's; the rollout's log q equals
+  teacher forcing to that rounding; a train step moves the encoder and stays finite."""
+  from daps_jax import build  # pylint: disable=g-import-not-at-top
+  from tests import helpers as h  # pylint: disable=g-import-not-at-top
+
+  runs = {}
+  for dtype in ('float32', 'bfloat16'):
+    config = h.tiny_config(method)
+    config.model.dtype = dtype
+    runs[dtype] = build.assemble(config)
+  state = runs['float32'].initial_state()
+  low = runs['bfloat16'].initial_state()
+  for a, b in zip(jax.tree.leaves(state.encoder.params), jax.tree.leaves(low.encoder.params)):
+    assert a.dtype == b.dtype == jnp.float32
+    np.testing.assert_array_equal(a, b)
+  x = jnp.asarray((np.random.default_rng(0).random((4, 28, 28, 1)) > 0.5).astype(np.float32))
+  variables = {'params': state.encoder.params}
+  scores, rollouts = {}, {}
+  for dtype, run in runs.items():
+    rollouts[dtype] = latents.sample_latents(run.networks.encoder, variables, x,
+                                             jax.random.key(1), 4)
+    scores[dtype] = latents.score_latents(run.networks.encoder, variables, x,
+                                          rollouts['float32'].tokens)
+    assert scores[dtype].log_q.dtype == jnp.float32
+  np.testing.assert_allclose(scores['bfloat16'].log_q, scores['float32'].log_q, rtol=0.03,
+                             atol=0.05)
+  low_scores = latents.score_latents(runs['bfloat16'].networks.encoder, variables, x,
+                                     rollouts['bfloat16'].tokens)
+  np.testing.assert_allclose(rollouts['bfloat16'].log_q, low_scores.log_q, rtol=0.03, atol=0.05)
+  images = (np.random.default_rng(3).random((8, 28, 28, 1)) > 0.5).astype(np.float32)
+  new, metrics = jax.jit(runs['bfloat16'].method.train_step)(low, {'inputs': images},
+                                                              jax.random.key(2))
+  assert all(np.isfinite(float(v)) for v in metrics.values())
+  assert jax.tree.leaves(new.encoder.params)[0].dtype == jnp.float32
+  assert not np.allclose(jax.tree.leaves(new.encoder.params)[0],
+                         jax.tree.leaves(low.encoder.params)[0])

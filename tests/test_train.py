@@ -138,3 +138,34 @@ def test_baseline_with_aux_state_resumes(tmp_path):
   assert _steps_logged(workdir, 'loss/value') == [1, 2, 3]
   assert 'ppo/kl_coef' in result and np.isfinite(result['eval/elbo'])
   assert os.path.exists(os.path.join(workdir, 'codes', 'counts_00000003.npy'))
+
+
+def test_steps_per_dispatch_equals_one_step_per_call(runs, tmp_path):
+  """steps_per_dispatch = 2 (two steps per device call in one lax.scan) gives the state,
+  data position and logged metrics of one step per call; off the grid (a resume at an odd
+  step, the tail) a call is one step."""
+  _, straight, _, _ = runs
+  config = helpers.tiny_config()
+  config.method.beta_decay_steps = 4
+  config.total_steps, config.log_every_steps = 4, 2
+  config.eval_every_steps = config.checkpoint_every_steps = 2
+  config.steps_per_dispatch = 2
+  scanned = str(tmp_path / 'scanned')
+  train.train_and_evaluate(config, scanned)
+  like = build.assemble(config).initial_state()
+  a, data_a = _final_state(scanned, 4, like)
+  b, data_b = _final_state(straight, 4, like)
+  assert data_a == data_b
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  records = lambda d: {(r['step'], k): v for r in map(json.loads, open(os.path.join(d, 'metrics.jsonl')))
+                       for k, v in r.items() if k.startswith('loss/')}
+  logged, reference = records(scanned), records(straight)
+  assert {s for s, _ in logged} == {2, 4}
+  for key, value in logged.items():
+    np.testing.assert_allclose(value, reference[key], rtol=1e-5, err_msg=str(key))
+  assert train.dispatch_size(4, 5, 2) == 1 and train.dispatch_size(3, 9, 2) == 1
+  assert train.dispatch_size(2, 4, 2) == 2
+  config.log_every_steps = 3
+  with pytest.raises(errors.ConfigError, match='log_every_steps'):
+    train.train_and_evaluate(config, str(tmp_path / 'bad'))

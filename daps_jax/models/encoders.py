@@ -39,19 +39,21 @@ class AREncoder(nn.Module):
   mlp_ratio: int = 4
   remat: bool = False  # Recompute each block's activations in the backward pass.
   attention_chunk: int | None = None  # Queries per chunk of attention (None: all at once).
+  dtype: jnp.dtype = jnp.float32  # Matmuls, LayerNorms and KV cache (parameters: float32).
 
   autoregressive = True
 
   def setup(self):
     self.patches = layers.PatchTransformer(self.width, self.encoder_layers, self.num_heads,
-                                           self.mlp_ratio, self.remat, self.attention_chunk)
+                                           self.mlp_ratio, self.remat, self.attention_chunk,
+                                           self.dtype)
     self.token_embed = nn.Embed(self.vocab_size + 1, self.width,
                                 embedding_init=nn.initializers.normal(stddev=1.0))
     block = layers.rematted(layers.DecoderBlock, self.remat)
-    self.blocks = [block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk)
-                   for _ in range(self.decoder_layers)]
-    self.norm = nn.LayerNorm()
-    self.head = layers.dense(self.vocab_size)
+    self.blocks = [block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk,
+                         dtype=self.dtype) for _ in range(self.decoder_layers)]
+    self.norm = nn.LayerNorm(dtype=self.dtype)
+    self.head = layers.dense(self.vocab_size, dtype=self.dtype)
 
   @property
   def start_token(self) -> int:
@@ -72,7 +74,7 @@ class AREncoder(nn.Module):
     return embedded + jnp.asarray(table)[positions]
 
   def _logits(self, x: jax.Array) -> jax.Array:
-    return self.head(self.norm(x))
+    return self.head(self.norm(x)).astype(jnp.float32)  # log q is float32 whatever dtype.
 
   def __call__(self, x: jax.Array, tokens: jax.Array) -> jax.Array:
     """Teacher forcing: x [B, ...], tokens [B, L] -> logits [B, L, V]."""
@@ -105,10 +107,10 @@ class AREncoder(nn.Module):
     return self._logits(x)[:, 0], tuple(new_cache)
 
   @nn.nowrap
-  def init_cache(self, batch_size: int, dtype=jnp.float32) -> tuple[layers.KV, ...]:
-    """Zero self-attention cache: N layers of k, v [B, H, L, Dh]."""
+  def init_cache(self, batch_size: int) -> tuple[layers.KV, ...]:
+    """Zero self-attention cache: N layers of k, v [B, H, L, Dh] in the model's dtype."""
     shape = (batch_size, self.num_heads, self.num_tokens, self.width // self.num_heads)
-    return tuple(layers.KV(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    return tuple(layers.KV(jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
                  for _ in range(self.decoder_layers))
 
 
@@ -127,6 +129,7 @@ class NAEncoder(nn.Module):
   outputs: int | None = None
   remat: bool = False  # Recompute each block's activations in the backward pass.
   attention_chunk: int | None = None  # Queries per chunk of attention (None: all at once).
+  dtype: jnp.dtype = jnp.float32  # Matmuls and LayerNorms (parameters: float32).
 
   autoregressive = False
 
@@ -135,9 +138,10 @@ class NAEncoder(nn.Module):
     """`tokens` is accepted for interface parity with AREncoder and ignored."""
     del tokens
     memory = layers.PatchTransformer(self.width, self.num_layers, self.num_heads,
-                                     self.mlp_ratio, self.remat, self.attention_chunk)(
-                                         self.frontend(x, self.num_tokens))
-    return layers.dense(self.outputs or self.vocab_size)(memory)
+                                     self.mlp_ratio, self.remat, self.attention_chunk,
+                                     self.dtype)(self.frontend(x, self.num_tokens))
+    return layers.dense(self.outputs or self.vocab_size, dtype=self.dtype)(memory).astype(
+        jnp.float32)
 
 
 class ValueNetwork(nn.Module):

@@ -4,6 +4,10 @@ Shape legend: B batch, T query length, S key/value length, D width, H heads, Dh 
 
 All blocks are pre-LayerNorm. Attention projections carry no bias; kernels are
 xavier-uniform and biases ~N(0, 1e-6), as in the paper's networks.
+
+`dtype` is the computation dtype of a block's matmuls, LayerNorms and KV
+(`model.dtype`, e.g. bfloat16); parameters stay float32 and attention's softmax
+runs in float32.
 """
 
 from typing import NamedTuple
@@ -33,8 +37,9 @@ class KV(NamedTuple):
   v: jax.Array
 
 
-def dense(features: int, use_bias: bool = True) -> nn.Dense:
-  return nn.Dense(features, use_bias=use_bias, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT)
+def dense(features: int, use_bias: bool = True, dtype=jnp.float32) -> nn.Dense:
+  return nn.Dense(features, use_bias=use_bias, kernel_init=KERNEL_INIT, bias_init=BIAS_INIT,
+                  dtype=dtype)
 
 
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -49,10 +54,11 @@ def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   row's softmax is its own).
   """
   def rows(q, mask):
-    logits = jnp.einsum('bhtd,bhsd->bhts', q, k) / np.sqrt(q.shape[-1]).astype(q.dtype)
+    logits = jnp.einsum('bhtd,bhsd->bhts', q, k, preferred_element_type=jnp.float32)
+    logits = logits / np.sqrt(q.shape[-1]).astype(np.float32)
     if mask is not None:
       logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    return jnp.einsum('bhts,bhsd->bthd', jax.nn.softmax(logits, axis=-1), v)
+    return jnp.einsum('bhts,bhsd->bthd', jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)
 
   b, h, t, dh = q.shape
   if not query_chunk or query_chunk >= t:
@@ -79,14 +85,15 @@ class Attention(nn.Module):
   width: int
   num_heads: int
   query_chunk: int | None = None
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
     if self.width % self.num_heads:
       raise ValueError(f'width {self.width} is not divisible by num_heads {self.num_heads}.')
-    self.query = dense(self.width, use_bias=False)
-    self.key = dense(self.width, use_bias=False)
-    self.value = dense(self.width, use_bias=False)
-    self.out = dense(self.width, use_bias=False)
+    self.query = dense(self.width, use_bias=False, dtype=self.dtype)
+    self.key = dense(self.width, use_bias=False, dtype=self.dtype)
+    self.value = dense(self.width, use_bias=False, dtype=self.dtype)
+    self.out = dense(self.width, use_bias=False, dtype=self.dtype)
 
   def _split(self, x: jax.Array) -> jax.Array:
     """[B, T, D] -> [B, H, T, Dh]."""
@@ -110,10 +117,11 @@ class MLP(nn.Module):
   """Dense(hidden) -> ReLU -> Dense(width)."""
   width: int
   hidden: int
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return dense(self.width)(nn.relu(dense(self.hidden)(x)))
+    return dense(self.width, dtype=self.dtype)(nn.relu(dense(self.hidden, dtype=self.dtype)(x)))
 
 
 class EncoderBlock(nn.Module):
@@ -122,12 +130,14 @@ class EncoderBlock(nn.Module):
   num_heads: int
   mlp_ratio: int
   attention_chunk: int | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    h = nn.LayerNorm()(x)
-    x = x + Attention(self.width, self.num_heads, self.attention_chunk)(h, h)
-    return x + MLP(self.width, self.mlp_ratio * self.width)(nn.LayerNorm()(x))
+    h = nn.LayerNorm(dtype=self.dtype)(x)
+    x = x + Attention(self.width, self.num_heads, self.attention_chunk, self.dtype)(h, h)
+    return x + MLP(self.width, self.mlp_ratio * self.width, self.dtype)(
+        nn.LayerNorm(dtype=self.dtype)(x))
 
 
 class DecoderBlock(nn.Module):
@@ -142,15 +152,16 @@ class DecoderBlock(nn.Module):
   mlp_ratio: int
   attention_chunk: int | None = None
   cross_attention: bool = True
+  dtype: jnp.dtype = jnp.float32
 
   def setup(self):
-    self.self_norm = nn.LayerNorm()
-    self.self_attn = Attention(self.width, self.num_heads, self.attention_chunk)
+    self.self_norm = nn.LayerNorm(dtype=self.dtype)
+    self.self_attn = Attention(self.width, self.num_heads, self.attention_chunk, self.dtype)
     if self.cross_attention:
-      self.cross_norm = nn.LayerNorm()
-      self.cross_attn = Attention(self.width, self.num_heads, self.attention_chunk)
-    self.mlp_norm = nn.LayerNorm()
-    self.mlp = MLP(self.width, self.mlp_ratio * self.width)
+      self.cross_norm = nn.LayerNorm(dtype=self.dtype)
+      self.cross_attn = Attention(self.width, self.num_heads, self.attention_chunk, self.dtype)
+    self.mlp_norm = nn.LayerNorm(dtype=self.dtype)
+    self.mlp = MLP(self.width, self.mlp_ratio * self.width, self.dtype)
 
   def cross_kv(self, memory: jax.Array) -> KV:
     """Cross-attention keys/values [B, H, S, Dh] of the memory [B, S, D], computed once."""
@@ -206,13 +217,14 @@ class PatchTransformer(nn.Module):
   mlp_ratio: int
   remat: bool = False
   attention_chunk: int | None = None
+  dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, patches: jax.Array) -> jax.Array:
-    x = dense(self.width)(patches)
-    x = x + sincos_positions(x.shape[1], self.width)
+    x = dense(self.width, dtype=self.dtype)(patches)
+    x = x + sincos_positions(x.shape[1], self.width).astype(x.dtype)
     block = rematted(EncoderBlock, self.remat)
     for i in range(self.num_layers):
-      x = block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk,
+      x = block(self.width, self.num_heads, self.mlp_ratio, self.attention_chunk, self.dtype,
                 name=f'EncoderBlock_{i}')(x)
-    return nn.LayerNorm()(x)
+    return nn.LayerNorm(dtype=self.dtype)(x)
