@@ -19,6 +19,8 @@ from daps_jax import methods
 from daps_jax.data import motion
 from daps_jax.errors import DataError
 from daps_jax.evaluation import run as evaluate_lib
+from daps_jax.prior import config as prior_config
+from daps_jax.prior import loop as prior_loop
 from tests import helpers
 from tests import motion_clips
 
@@ -142,6 +144,17 @@ def test_compare_trains_evaluates_and_tabulates_motion(prepared, tmp_path):
   metrics, path = evaluate_lib.evaluate_run(str(tmp_path / 'daps' / 'seed_0'))
   assert np.isfinite(metrics['eval/beta_elbo']) and 'eval/fid' not in metrics
   assert os.path.exists(path)
+  # A code prior on motion codes: the training clips' tiling, no labels, no gFID, the
+  # samples drawn as the motion figure.
+  c = prior_config.default()
+  c.update(width=16, num_layers=1, num_heads=2, total_steps=2, batch_size=8, eval_every_steps=2,
+           checkpoint_every_steps=2, log_every_steps=1)
+  c.optim.warmup_steps = 0
+  for name in ('daps', 'fsq'):
+    prior = prior_loop.train_prior(str(tmp_path / name / 'seed_0'), c)
+    assert np.isfinite(prior['prior/bits_per_token']) and 'prior/gfid' not in prior, prior
+    assert 'prior/conditional_bits_per_token' not in prior  # Motion has no classes.
+    assert (tmp_path / name / 'seed_0' / 'prior' / 'samples_00000002.png').stat().st_size > 0
 
 
 def _prepare_cli(source, out):

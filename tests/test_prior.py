@@ -1,7 +1,6 @@
 """The code prior: its model and pure steps (exact on an enumerable code space), and
 `python -m daps_jax.prior` on a tiny trained run (resume, 2 devices == 1, bad input)."""
 
-import itertools
 import json
 import os
 import pathlib

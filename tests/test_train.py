@@ -22,6 +22,16 @@ def _final_state(workdir: str, step: int, like):
   return state, data_state
 
 
+def _assert_same_run_state(workdir_a: str, workdir_b: str, step: int, like, **tolerance):
+  """The checkpoints of `step` in two workdirs: equal data position and state leaves."""
+  a, data_a = _final_state(workdir_a, step, like)
+  b, data_b = _final_state(workdir_b, step, like)
+  assert data_a == data_b
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_allclose(x, y, **tolerance)
+  return a
+
+
 def _steps_logged(workdir: str, key: str = 'loss/policy') -> list[int]:
   with open(os.path.join(workdir, 'metrics.jsonl')) as f:
     return [json.loads(line)['step'] for line in f if key in line]
@@ -64,11 +74,7 @@ def test_resumed_run_equals_uninterrupted_run(runs):
   resumed, straight, _, second = runs
   config = helpers.tiny_config()
   like = build.assemble(config).initial_state()
-  a, data_a = _final_state(resumed, 4, like)
-  b, data_b = _final_state(straight, 4, like)
-  assert data_a == data_b
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  a = _assert_same_run_state(resumed, straight, 4, like, rtol=1e-6, atol=1e-7)
   assert int(a.step) == 4
 
 
@@ -152,14 +158,14 @@ def test_steps_per_dispatch_equals_one_step_per_call(runs, tmp_path):
   config.steps_per_dispatch = 2
   scanned = str(tmp_path / 'scanned')
   train.train_and_evaluate(config, scanned)
-  like = build.assemble(config).initial_state()
-  a, data_a = _final_state(scanned, 4, like)
-  b, data_b = _final_state(straight, 4, like)
-  assert data_a == data_b
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-  records = lambda d: {(r['step'], k): v for r in map(json.loads, open(os.path.join(d, 'metrics.jsonl')))
-                       for k, v in r.items() if k.startswith('loss/')}
+  _assert_same_run_state(scanned, straight, 4, build.assemble(config).initial_state(),
+                         rtol=1e-5, atol=1e-6)
+
+  def records(workdir):
+    with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+      return {(r['step'], k): v for r in map(json.loads, f) for k, v in r.items()
+              if k.startswith('loss/')}
+
   logged, reference = records(scanned), records(straight)
   assert {s for s, _ in logged} == {2, 4}
   for key, value in logged.items():

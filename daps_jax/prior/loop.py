@@ -31,6 +31,7 @@ import os
 
 from absl import logging
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
@@ -202,7 +203,7 @@ class _Sampler:
     def decode(state, tokens, axis_name=None):
       del axis_name
       out = run.method.decode(state, tokens, networks=run.networks)
-      return jax.numpy.clip(run.spec.to_unit(run.networks.likelihood.mean(out)), 0.0, 1.0)
+      return jnp.clip(run.spec.to_unit(run.networks.likelihood.mean(out)), 0.0, 1.0)
 
     self._p_decode = parallel.pmap_mapped(decode)
 
