@@ -25,6 +25,7 @@ and `samples_<step>.png` (class-conditional: one row per class).
 """
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -86,6 +87,11 @@ class Source:
   def num_codes(self) -> int:
     return self.run.networks.num_codes
 
+  @functools.cached_property
+  def device_state(self) -> state_lib.State:
+    """The state replicated onto the local devices, once for the encoder and the sampler."""
+    return parallel.replicate(self.state)
+
 
 def load_source(workdir: str, step: int | None = None) -> Source:
   """The run in `workdir` at checkpoint `step` (None: its newest)."""
@@ -114,7 +120,7 @@ class CodeEncoder:
 
   def __init__(self, source: Source, greedy: bool):
     self._source = source
-    self._state = parallel.replicate(source.state)
+    self._state = source.device_state
     method = source.run.method
     self._p_encode = parallel.pmap_step(
         steps.encode_step, networks=source.run.networks, encode=method.encode,
@@ -195,7 +201,7 @@ class _Sampler:
 
   def __init__(self, source: Source, prior: prior_model.CodePrior, sample_config):
     run = source.run
-    self._state = parallel.replicate(source.state)
+    self._state = source.device_state
     self._p_sample = parallel.pmap_step(steps.sample, prior=prior,
                                         temperature=sample_config.temperature,
                                         top_k=sample_config.top_k)
@@ -288,6 +294,8 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
   sampler = _Sampler(source, prior, config.sample)
   steps_per_epoch = len(labels) // config.batch_size
 
+  epoch_order = {}  # The current epoch: its batch order of the training codes.
+
   def epoch_codes(epoch: int) -> dict[str, np.ndarray]:
     if not resample:
       return train_codes[0]
@@ -299,8 +307,11 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
   def train_batch(step: int) -> dict[str, np.ndarray]:
     epoch, index = divmod(step - 1, steps_per_epoch)
     codes = epoch_codes(epoch)
-    order = np.random.default_rng([order_seed, epoch]).permutation(len(codes['tokens']))
-    rows = order[index * config.batch_size:(index + 1) * config.batch_size]
+    if epoch not in epoch_order:  # Once per epoch, not per step.
+      epoch_order.clear()
+      epoch_order[epoch] = np.random.default_rng([order_seed, epoch]).permutation(
+          len(codes['tokens']))
+    rows = epoch_order[epoch][index * config.batch_size:(index + 1) * config.batch_size]
     return {'tokens': codes['tokens'][rows], 'labels': codes['labels'][rows]}
 
   def evaluate(state, step: int, with_samples: bool) -> dict[str, float]:
