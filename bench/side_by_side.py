@@ -15,8 +15,11 @@ import re
 import statistics
 import sys
 
-# Our case -> (the authors' dataset name, the plain case an option is measured against).
+# Our case -> the authors' dataset name.
 CASES = {'mnist': 'mnist', 'cifar10': 'cifar', 'imagenet': 'imagenet256'}
+# The steps/s of a bench/jadex_trainer.py record: the median of its windows after the first,
+# as _our_trainer reads ours.
+TRAINER_RATE = 'window_median_steps_per_s'
 
 
 def _ours(out: str) -> dict[tuple[str, int], dict]:
@@ -43,6 +46,40 @@ def _theirs(out: str) -> dict[tuple[str, int], dict]:
 def _range(values: list[float], fmt: str = '.3f') -> str:
   low, high = min(values), max(values)
   return f'{low:{fmt}}' if low == high else f'{low:{fmt}}–{high:{fmt}}'
+
+
+def _our_trainer(path: str) -> float:
+  """Median steps/s over the progress windows of one run (the first window holds the compile)."""
+  with open(path) as f:
+    rates = [r['perf/steps_per_sec'] for r in map(json.loads, f) if r.get('perf/steps_per_sec')]
+  return statistics.median(rates[1:] or rates)
+
+
+def _trainers(out: str, summary: dict) -> list[str]:
+  """Rows of the whole trainers: ours per variant and the authors', steps/s per round."""
+  rows = {}
+  for path in glob.glob(os.path.join(out, 'trainer_*_r*_metrics.jsonl')):
+    name, round_ = re.fullmatch(r'trainer_(.+)_r(\d+)_metrics\.jsonl',
+                                os.path.basename(path)).groups()
+    rows.setdefault(f'ours ({name})', {})[int(round_)] = _our_trainer(path)
+  for path in glob.glob(os.path.join(out, 'jadex_trainer_r*.jsonl')):
+    round_ = int(re.fullmatch(r'jadex_trainer_r(\d+)\.jsonl', os.path.basename(path)).group(1))
+    with open(path) as f:
+      (record,) = [json.loads(line) for line in f]
+    rows.setdefault('authors', {})[round_] = record[TRAINER_RATE]
+  if not rows:
+    return []
+  theirs = rows.get('authors', {})
+  lines = ['', 'Whole trainers, Fashion-MNIST (real data), batch 256, 300 steps, FID off:', '',
+           '| trainer | steps/s per round | ours / authors |', '| :-- | :-- | --: |']
+  summary['trainers'] = {}
+  for name, by_round in sorted(rows.items()):
+    rates = [by_round[r] for r in sorted(by_round)]
+    ratios = [by_round[r] / theirs[r] for r in sorted(by_round) if r in theirs]
+    ratio = '–' if name == 'authors' or not ratios else f'{_range(ratios, ".2f")}×'
+    lines.append(f'| {name} | {", ".join(f"{v:.2f}" for v in rates)} | {ratio} |')
+    summary['trainers'][name] = {'steps_per_s': rates, 'ours_over_authors': ratios}
+  return lines
 
 
 def table(out: str) -> tuple[str, dict]:
@@ -80,15 +117,7 @@ def table(out: str) -> tuple[str, dict]:
                  f'{_range([b for _, b in pairs])} | {_range(ratios, ".2f")} |')
     summary['options'][name] = {'s': [a for a, _ in pairs], 'plain_s': [b for _, b in pairs],
                                 'ratio': ratios}
-  trainer = os.path.join(out, 'trainer_metrics.jsonl')
-  if os.path.exists(trainer):
-    with open(trainer) as f:
-      rates = [r['perf/steps_per_sec'] for r in map(json.loads, f) if r.get('perf/steps_per_sec')]
-    if rates:
-      summary['trainer_steps_per_s'] = rates
-      lines += ['', f'Our whole trainer, Fashion-MNIST (real data, batch 256, 300 steps): '
-                f'{statistics.median(rates):.2f} steps/s median over its progress windows '
-                f'({_range(rates, ".2f")}).']
+  lines += _trainers(out, summary)
   load = os.path.join(out, 'load.txt')
   if os.path.exists(load):
     averages = [float(m.group(1)) for m in re.finditer(r'load average: ([\d.]+)',
