@@ -23,6 +23,7 @@ with every run's sample grid as samples_<method>_seed<i>.png.
 import dataclasses
 import datetime
 import os
+import pathlib
 import shutil
 import platform
 import shlex
@@ -55,6 +56,10 @@ _METHOD_OVERRIDES = flags.DEFINE_list(
     'method_overrides', [], 'Config fields for one method only, as METHOD:field=value, e.g. '
     'daps:method.dual_solver=bisection (applied after the --config.* overrides).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the runs and the results.')
+_STEP_TIMES = flags.DEFINE_string(
+    'step_times', None, 'A `python -m bench.train_step` JSON file of the methods\' seconds per '
+    'step at the runs\' batch, timed on an idle machine: adds PSNR against seconds (equal '
+    'compute) to the figure.')
 _PRIORS = flags.DEFINE_bool('priors', False, 'Also train a code prior on every run and write '
                             'the substrate table to WORKDIR/priors/.')
 _PRIOR_CONFIG = config_flags.DEFINE_config_file(
@@ -121,6 +126,11 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int],
                                       method, i)
       config_lib.validate(config, num_devices=jax.device_count())
       configs[method, i] = config
+  first = next(iter(configs.values()))
+  sec_per_step = None  # Read before any training, so a bad file costs nothing.
+  if _STEP_TIMES.value:
+    sec_per_step = report.step_times(_STEP_TIMES.value, pathlib.Path(filename).stem,
+                                     first.batch_size, _METHODS.value)
 
   runs, wall = [], {}
   for (method, i), config in configs.items():
@@ -135,7 +145,6 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int],
     runs = [_with_prior(run, os.path.join(_WORKDIR.value, run.method, f'seed_{run.seed}'), output)
             for run in runs]
 
-  first = next(iter(configs.values()))
   spec = data.get_spec(first.data.name, first.data.dir)
   rates = {r.method: _median_rate(r) for r in runs}
   meta = {
@@ -165,6 +174,10 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int],
   if wall:
     meta['training wall time (this invocation)'] = ', '.join(
         f'{m} {wall[m] / 60:.1f} min' for m in _METHODS.value if m in wall)
+  if sec_per_step is not None:
+    meta['seconds (figure panel d)'] = (
+        f'steps x idle seconds per step at batch {first.batch_size} from {_STEP_TIMES.value}: '
+        + ', '.join(f'{m} {sec_per_step[m]:.3f}' for m in _METHODS.value if m in sec_per_step))
   reference = PAPER_TABLE1.get(first.data.name)
   if _PRIORS.value:
     p = _PRIOR_CONFIG.value
@@ -172,7 +185,8 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int],
                      f'{p.num_layers} layers, {p.total_steps:,} steps of {p.batch_size}); gFID of '
                      'one unconditional sample per validation input vs the validation originals')
     reference = None
-  paths = report.write(output, runs, meta, methods=_METHODS.value, reference=reference)
+  paths = report.write(output, runs, meta, methods=_METHODS.value, reference=reference,
+                       sec_per_step=sec_per_step)
   print(open(paths['md']).read())
 
 

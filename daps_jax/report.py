@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 import csv
 import dataclasses
 import io
+import json
 import math
 import numbers
 import os
@@ -21,6 +22,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from daps_jax import errors
 from daps_jax import metrics
 
 NOT_APPLICABLE = '–'
@@ -258,20 +260,32 @@ def _series(runs: Sequence[Run], key: str) -> dict[int, list[float]]:
 
 
 def _plot_curves(ax, groups: Mapping[str, list[Run]], colours: Mapping[str, str], key: str,
-                 title: str, ylabel: str) -> None:
-  """Mean over seeds of `key` vs step per method, shaded min-max with > 1 seed."""
+                 title: str, ylabel: str,
+                 sec_per_step: Mapping[str, float] | None = None) -> None:
+  """Mean over seeds of `key` vs step per method, shaded min-max with > 1 seed.
+
+  With `sec_per_step` the x axis is seconds (step x the method's seconds per step, on a log
+  axis), and methods without a time are left out.
+  """
   for method, group in groups.items():
     series = _series(group, key)
-    if not series:
+    if not series or (sec_per_step is not None and method not in sec_per_step):
       continue
-    steps = np.array(list(series))
+    x = np.array(list(series), np.float64)
+    if sec_per_step is not None:
+      x *= sec_per_step[method]
     values = list(series.values())
-    ax.plot(steps, [np.mean(v) for v in values], color=colours[method], label=method,
-            marker='o' if len(steps) <= 20 else None, markersize=3)
+    ax.plot(x, [np.mean(v) for v in values], color=colours[method], label=method,
+            marker='o' if len(x) <= 20 else None, markersize=3)
     if len(group) > 1:
-      ax.fill_between(steps, [min(v) for v in values], [max(v) for v in values],
+      ax.fill_between(x, [min(v) for v in values], [max(v) for v in values],
                       color=colours[method], alpha=0.2, linewidth=0)
-  _finish(ax, title, 'step', ylabel)
+  if sec_per_step is None:
+    _finish(ax, title, 'step', ylabel)
+  else:
+    _finish(ax, title, 'seconds (idle seconds per step x step)', ylabel)
+    if ax.lines:
+      ax.set_xscale('log')
 
 
 def _plot_codebook(ax, groups: Mapping[str, list[Run]], colours: Mapping[str, str]) -> None:
@@ -304,13 +318,47 @@ def _finish(ax, title: str, xlabel: str, ylabel: str) -> None:
     ax.text(0.5, 0.5, 'no data', ha='center', va='center', transform=ax.transAxes)
 
 
+def step_times(path: str | os.PathLike[str], config: str, batch_size: int,
+               methods: Sequence[str]) -> dict[str, float]:
+  """Method -> seconds per step, from a `python -m bench.train_step` JSON file.
+
+  The file's records for dataset config `config` (e.g. 'fashion_mnist') at global batch
+  `batch_size`; a method timed more than once gets the median. Methods the file does not
+  time are left out (the equal-compute panel leaves them out too).
+
+  Raises:
+    errors.UserError: the file is unreadable, or holds no usable record for these methods.
+  """
+  try:
+    with open(path, encoding='utf-8') as f:
+      records = json.load(f)['records']
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    raise errors.UserError(f'--step_times {path}: not a bench.train_step JSON file ({e}); '
+                           'write one with python -m bench.train_step --output=FILE.') from e
+  times = {}
+  for r in records:
+    if (r.get('config') == config and r.get('method') in methods
+        and r.get('batch_size') == batch_size and 'sec_per_step' in r):
+      times.setdefault(r['method'], []).append(float(r['sec_per_step']))
+  if not times:
+    raise errors.UserError(
+        f'--step_times {path}: no record of config {config} at batch {batch_size} for '
+        f'{", ".join(methods)}; time them on an idle machine with python -m bench.train_step '
+        f'--configs={config} --methods={",".join(methods)} --batch_size={batch_size} '
+        f'--output={path}.')
+  return {m: float(np.median(v)) for m, v in times.items()}
+
+
 def plot(path: str | os.PathLike[str], runs: Sequence[Run],
-         methods: Sequence[str] | None = None) -> None:
-  """Writes a PNG with three panels, one colour per method throughout.
+         methods: Sequence[str] | None = None,
+         sec_per_step: Mapping[str, float] | None = None) -> None:
+  """Writes a PNG with three panels (four with `sec_per_step`), one colour per method.
 
   (a) held-out PSNR vs step, from the curves' eval records; (b) training
   'decoder/log_p' vs step; (c) the rank-frequency histogram of the final codes,
-  pooled over positions and seeds, on a log axis. Curves are means over seeds,
+  pooled over positions and seeds, on a log axis; (d) with `sec_per_step`,
+  held-out PSNR vs seconds, the equal-compute view (a method's steps cost
+  different times: DAPS draws K samples per input). Curves are means over seeds,
   shaded between the seeds' min and max. A method without the data for a panel
   is left out of it.
 
@@ -318,18 +366,24 @@ def plot(path: str | os.PathLike[str], runs: Sequence[Run],
     path: the PNG file; its parent directory is created if needed.
     runs: the runs, any order.
     methods: the methods to plot, in this order; default all.
+    sec_per_step: method -> seconds per training step, measured on an idle machine
+      (the runs' own rates depend on the load they ran under).
   """
   from matplotlib import figure  # pylint: disable=g-import-not-at-top
 
   groups = _group(runs, methods)
   colours = {method: f'C{i % 10}' for i, method in enumerate(groups)}
   # A bare Figure renders with Agg and leaves pyplot's global state alone.
-  fig = figure.Figure(figsize=(15, 4.2), layout='constrained')
-  ax_psnr, ax_log_p, ax_codes = fig.subplots(1, 3)
-  _plot_curves(ax_psnr, groups, colours, 'eval/psnr', '(a) held-out PSNR', 'PSNR (dB)')
-  _plot_curves(ax_log_p, groups, colours, 'decoder/log_p', '(b) training log p(x|z)',
+  panels = 3 if sec_per_step is None else 4
+  fig = figure.Figure(figsize=(5 * panels, 4.2), layout='constrained')
+  axes = fig.subplots(1, panels)
+  _plot_curves(axes[0], groups, colours, 'eval/psnr', '(a) held-out PSNR', 'PSNR (dB)')
+  _plot_curves(axes[1], groups, colours, 'decoder/log_p', '(b) training log p(x|z)',
                'decoder/log_p')
-  _plot_codebook(ax_codes, groups, colours)
+  _plot_codebook(axes[2], groups, colours)
+  if sec_per_step is not None:
+    _plot_curves(axes[3], groups, colours, 'eval/psnr', '(d) held-out PSNR at equal compute',
+                 'PSNR (dB)', sec_per_step)
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, format='png', dpi=120)
@@ -337,7 +391,8 @@ def plot(path: str | os.PathLike[str], runs: Sequence[Run],
 
 def write(directory: str | os.PathLike[str], runs: Sequence[Run], meta: Mapping[str, str],
           methods: Sequence[str] | None = None,
-          reference: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, str]:
+          reference: Mapping[str, Mapping[str, float]] | None = None,
+          sec_per_step: Mapping[str, float] | None = None) -> dict[str, str]:
   """Writes results.md, results.csv and results.png to `directory`.
 
   Args:
@@ -346,6 +401,7 @@ def write(directory: str | os.PathLike[str], runs: Sequence[Run], meta: Mapping[
     meta: context lines for the Markdown, see `markdown`.
     methods: the methods to report, in this order; default all.
     reference: optional paper numbers, see `markdown`.
+    sec_per_step: optional idle seconds per step by method, see `plot`.
 
   Returns:
     The paths written, by kind: 'md', 'csv' and 'png'.
@@ -356,5 +412,5 @@ def write(directory: str | os.PathLike[str], runs: Sequence[Run], meta: Mapping[
   paths = {kind: str(directory / f'results.{kind}') for kind in ('md', 'csv', 'png')}
   pathlib.Path(paths['md']).write_text(markdown(rows, meta, reference), encoding='utf-8')
   pathlib.Path(paths['csv']).write_text(csv_text(rows), encoding='utf-8')
-  plot(paths['png'], runs, methods)
+  plot(paths['png'], runs, methods, sec_per_step)
   return paths

@@ -50,8 +50,16 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   for i, fid in enumerate((12.0, 14.0)):
     with open(os.path.join(workdir, 'fsq', f'seed_{i}', 'eval_00000002.json'), 'w') as f:
       json.dump({'metrics': {'eval/fid': fid}}, f)
-  # Fewer seeds for one method: its first seed is reused, nothing is retrained.
-  again = _compare(workdir, '--methods=vimco,fsq', '--seeds=2', '--method_seeds=vimco=1')
+  # Fewer seeds for one method: its first seed is reused, nothing is retrained. With idle step
+  # times (a bench.train_step file; fsq is not in it) the figure gains PSNR against seconds.
+  with open(os.path.join(workdir, 'vimco', 'seed_0', 'config.json')) as f:
+    batch = json.load(f)['batch_size']
+  step_times = os.path.join(workdir, 'times.json')
+  with open(step_times, 'w') as f:
+    json.dump({'records': [{'config': 'testing', 'method': 'vimco', 'batch_size': batch,
+                            'sec_per_step': 0.25}]}, f)
+  again = _compare(workdir, '--methods=vimco,fsq', '--seeds=2', '--method_seeds=vimco=1',
+                   f'--step_times={step_times}')
   assert again.returncode == 0, again.stderr[-3000:]
   assert again.stderr.count('skipped') == 3
   assert os.path.getsize(metrics) == size  # Nothing retrained.
@@ -61,6 +69,8 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
   assert 'vimco 1, fsq 2 (config.seed 0 + i)' in open(os.path.join(workdir, 'results.md')).read()
   assert float(rows['fsq']['eval/fid_mean']) == 13.0 and rows['vimco']['eval/fid_mean'] == ''
   assert 'reconstructions vs the test originals (rfid)' in open(
+      os.path.join(workdir, 'results.md')).read()
+  assert f'at batch {batch} from {step_times}: vimco 0.250' in open(
       os.path.join(workdir, 'results.md')).read()
 
   # --priors: a code prior on each finished run (none retrained), the substrate table.
@@ -90,6 +100,15 @@ def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
   assert result.returncode != 0
   assert "config.method.eta_init: method 'vqvae' has no field" in result.stderr
   assert not os.path.exists(os.path.join(str(tmp_path), 'daps'))
+
+
+def test_bad_step_times_is_one_line_before_any_run(tmp_path):
+  result = _compare(str(tmp_path), '--methods=fsq', '--seeds=1',
+                    f'--step_times={tmp_path}/none.json')
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: --step_times {tmp_path}')
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(os.path.join(str(tmp_path), 'fsq'))
 
 
 def test_method_seeds_are_checked():

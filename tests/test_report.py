@@ -2,11 +2,13 @@
 
 import csv
 import io
+import json
 import math
 
 import numpy as np
 import pytest
 
+from daps_jax import errors
 from daps_jax import report
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
@@ -234,3 +236,58 @@ def test_plot_with_no_data_creates_parent(tmp_path):
   path = tmp_path / 'a' / 'b' / 'figure.png'
   report.plot(path, [make_run('vqvae', 0, 9.0)], methods=['vqvae'])
   assert path.read_bytes()[:8] == PNG_MAGIC
+
+
+# --- equal compute ------------------------------------------------------------------
+
+
+def test_psnr_against_seconds_scales_each_method_by_its_step_time():
+  from matplotlib import figure  # pylint: disable=g-import-not-at-top
+  runs = [make_run('daps', 0, 10.0, curve=curve(0.0)), make_run('daps', 1, 10.0, curve=curve(1.0)),
+          make_run('fsq', 0, 9.0, curve=curve(5.0)), make_run('vqvae', 0, 9.0, curve=curve(2.0))]
+  groups = report._group(runs, None)
+  ax = figure.Figure().subplots()
+  report._plot_curves(ax, groups, {m: 'k' for m in groups}, 'eval/psnr', 't', 'y',
+                      {'daps': 0.5, 'fsq': 0.125})  # vqvae has no time: left out.
+  lines = {line.get_label(): line for line in ax.lines}
+  assert set(lines) == {'daps', 'fsq'}
+  np.testing.assert_allclose(lines['daps'].get_xdata(), [1.0, 2.0, 3.0])
+  np.testing.assert_allclose(lines['daps'].get_ydata(), [12.5, 14.5, 17.0])
+  np.testing.assert_allclose(lines['fsq'].get_xdata(), [0.25, 0.5, 0.75])
+  assert ax.get_xscale() == 'log'
+
+
+def test_write_with_step_times_draws_four_panels(tmp_path):
+  runs = [make_run('daps', 0, 10.0, curve=curve(0.0))]
+  with_times = report.write(tmp_path / 'a', runs, META, sec_per_step={'daps': 0.5})
+  without = report.write(tmp_path / 'b', runs, META)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  width = {k: Image.open(p['png']).size[0] for k, p in (('with', with_times), ('without', without))}
+  assert width['with'] == width['without'] * 4 // 3
+
+
+def _timing_file(path, records):
+  path.write_text(json.dumps({'header': {}, 'records': records}))
+  return str(path)
+
+
+def test_step_times_reads_the_runs_config_and_batch(tmp_path):
+  def record(method, seconds, config='fashion_mnist', batch=64):
+    return {'config': config, 'method': method, 'batch_size': batch, 'sec_per_step': seconds}
+  path = _timing_file(tmp_path / 't.json', [
+      record('daps', 0.4), record('daps', 0.1), record('daps', 0.3),  # Rounds: the median.
+      record('fsq', 0.1), record('fsq', 9.0, batch=256), record('fsq', 9.0, config='mnist'),
+      record('gumbel', 9.0), {'config': 'fashion_mnist', 'method': 'vqvae', 'error': 'killed'}])
+  times = report.step_times(path, 'fashion_mnist', 64, ['daps', 'fsq', 'vqvae'])
+  assert times == {'daps': 0.3, 'fsq': 0.1}
+
+
+def test_step_times_bad_file_names_it_and_the_fix(tmp_path):
+  missing = str(tmp_path / 'none.json')
+  with pytest.raises(errors.UserError, match=r'--step_times .*none\.json.*bench\.train_step'):
+    report.step_times(missing, 'fashion_mnist', 64, ['daps'])
+  other = _timing_file(tmp_path / 'other.json', [
+      {'config': 'fashion_mnist', 'method': 'daps', 'batch_size': 256, 'sec_per_step': 1.0}])
+  with pytest.raises(errors.UserError, match=r'no record of config fashion_mnist at batch 64 .*'
+                                             r'--batch_size=64'):
+    report.step_times(other, 'fashion_mnist', 64, ['daps'])
