@@ -28,6 +28,7 @@ report  PSNR and beta-ELBO against steps and against seconds (eval step x the
 import datetime
 import itertools
 import json
+import math
 import os
 import platform
 import shlex
@@ -199,7 +200,8 @@ def report_frontier() -> str:
                              f'{first.batch_size}.')
   curves = eval_curves(configs)
   total = {k: c.total_steps for (k, _), c in configs.items()}
-  budgets = sorted({round(total[k] * sec_per_step[k]) for k in total})
+  # Each budget is one K's whole run, rounded up so that run's last evaluation is inside it.
+  budgets = sorted({math.ceil(total[k] * sec_per_step[k]) for k in total})
   table = frontier_lib.frontier(curves, sec_per_step, budgets)
   with open(os.path.join(_OUTPUT.value, 'frontier.json'), 'w') as f:
     json.dump({'budgets_s': budgets, 'runs': {str(k): v for k, v in table.items()},
