@@ -1,6 +1,6 @@
 """Times the authors' whole VAE trainer (mdrolet01/jadex, daps-iclr2026) on real data.
 
-  JADEX_DIR=/work/jadex python -m bench.jadex_trainer --model=daps --batch=256 --steps=300 \
+  JADEX_DIR=path/to/jadex python -m bench.jadex_trainer --model=daps --batch=256 --steps=300 \
       --output=FILE.jsonl
 
 What runs: their entry point, unchanged. The config is composed with Hydra as train_vae.py
@@ -60,8 +60,6 @@ import jax
 import numpy as np
 from omegaconf import DictConfig
 
-JADEX_DIR = os.environ.get('JADEX_DIR', '/work/jadex')
-CONFIG_DIR = os.path.join(JADEX_DIR, 'jadex', 'algorithms', 'vae', 'configs')
 IDX_FILES = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
              't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
 
@@ -75,14 +73,16 @@ def place_data(fashion_dir: Path, home: Path) -> None:
       shutil.copyfileobj(src, dst)
 
 
-def compose_cfg(model: str, batch: int, steps: int, print_every: int) -> DictConfig:
+def compose_cfg(jadex_dir: str, model: str, batch: int, steps: int,
+                print_every: int) -> DictConfig:
   from hydra import compose, initialize_config_dir
+  config_dir = os.path.join(jadex_dir, 'jadex', 'algorithms', 'vae', 'configs')
   overrides = [f'model={model}', 'dataset=mnist', f'train.batch_size={batch}',
                f'job.total_nsteps={steps}', f'job.print_frequency_nsteps={print_every}',
                'job.wandb_inexpensive_frequency_nsteps=0', 'job.wandb_expensive_frequency_nsteps=0',
                'job.validation_frequency_nsteps=0', 'job.checkpoint_frequency_nsteps=0',
                'wandb.mode=disabled']
-  with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+  with initialize_config_dir(config_dir=config_dir, version_base=None):
     return compose('vae_config', overrides=overrides)
 
 
@@ -122,6 +122,9 @@ def main() -> None:
   args = p.parse_args()
   if args.steps % args.print_every or args.steps < 2 * args.print_every:
     p.error('--steps must be a multiple of --print_every, at least twice it.')
+  jadex_dir = os.environ.get('JADEX_DIR')
+  if not jadex_dir:
+    p.error('set JADEX_DIR to a checkout of the authors\' repository (daps-iclr2026).')
 
   jax.config.update('jax_enable_compilation_cache', False)
   load_before = os.getloadavg()
@@ -134,7 +137,7 @@ def main() -> None:
     base_trainer.JADEX_CHECKPOINT_DIR = home / 'checkpoints'
     if jax.local_devices()[0].memory_stats() is None:  # CPU: see the docstring.
       base_state.BaseState.print_opt_params = lambda self: None
-    cfg = compose_cfg(args.model, args.batch, args.steps, args.print_every)
+    cfg = compose_cfg(jadex_dir, args.model, args.batch, args.steps, args.print_every)
     marks = run_trainer(cfg)
   load_after = os.getloadavg()
 

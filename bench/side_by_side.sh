@@ -47,7 +47,7 @@ trainer() {  # name [flag...]: our trainer, Fashion-MNIST at the paper's batch, 
 }
 theirs_trainer() {  # The authors' trainer on the same files, batch and steps.
   echo "$(date -u +%FT%TZ) jadex trainer: $(uptime)" >> "$OUT/load.txt"
-  JADEX_DIR="$JADEX_DIR" "$PY" -m bench.jadex_trainer --model=daps --batch=256 --steps=300 \
+  "$PY" -m bench.jadex_trainer --model=daps --batch=256 --steps=300 \
     --fashion_dir="$FASHION_DIR" --output="$OUT/jadex_trainer_r${round}.jsonl"
 }
 for round in $(seq "$ROUNDS"); do

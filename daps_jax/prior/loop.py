@@ -294,7 +294,10 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
   sampler = _Sampler(source, prior, config.sample)
   steps_per_epoch = len(labels) // config.batch_size
 
-  epoch_order = {}  # The current epoch: its batch order of the training codes.
+  @functools.lru_cache(maxsize=1)  # Drawn once per epoch, not per step.
+  def epoch_order(epoch: int) -> np.ndarray:
+    """The batch order of the training codes in `epoch`."""
+    return np.random.default_rng([order_seed, epoch]).permutation(len(labels))
 
   def epoch_codes(epoch: int) -> dict[str, np.ndarray]:
     if not resample:
@@ -307,11 +310,7 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
   def train_batch(step: int) -> dict[str, np.ndarray]:
     epoch, index = divmod(step - 1, steps_per_epoch)
     codes = epoch_codes(epoch)
-    if epoch not in epoch_order:  # Once per epoch, not per step.
-      epoch_order.clear()
-      epoch_order[epoch] = np.random.default_rng([order_seed, epoch]).permutation(
-          len(codes['tokens']))
-    rows = epoch_order[epoch][index * config.batch_size:(index + 1) * config.batch_size]
+    rows = epoch_order(epoch)[index * config.batch_size:(index + 1) * config.batch_size]
     return {'tokens': codes['tokens'][rows], 'labels': codes['labels'][rows]}
 
   def evaluate(state, step: int, with_samples: bool) -> dict[str, float]:
