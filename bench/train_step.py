@@ -214,7 +214,7 @@ def time_case(config_name: str, method: str, *, batch_size: int | None, paper_ba
       'batch_size': config.batch_size, 'per_device_batch': config.batch_size // num_devices,
       'config_batch_size': config_batch_size,
       'image_shape': list(spec.shape), 'likelihood': spec.likelihood,
-      'num_samples': config.method.num_samples, 'num_tokens': m.num_tokens,
+      'num_samples': config_lib.get(config, 'method.num_samples'), 'num_tokens': m.num_tokens,
       'vocab_size': m.vocab_size, 'width': m.width, 'decoder': m.decoder.kind,
       'encoder_params': num_params(host_state.encoder.params),
       'decoder_params': num_params(host_state.decoder.params),

@@ -23,7 +23,9 @@ from tests import helpers
 # on 2 cores their collectives' initialisation can time out.
 pytestmark = pytest.mark.xdist_group('multiprocess')
 
-_TINY = ['--config=configs/testing.py', '--compilation_cache_dir=',
+_TINY = ['--config=configs/testing.py',
+         # The suite's XLA cache: the 1-device runs compile the same programs.
+         f"--compilation_cache_dir={os.environ.get('DAPS_TEST_CACHE', '/tmp/daps_jax_test_xla_cache')}",
          # The beta schedule of a 4-step run also when a run stops at 2 and resumes.
          '--config.method.beta_decay_steps=4']
 
@@ -65,7 +67,9 @@ def _final(workdir: str, step: int):
   return state, evals[-1], data_state
 
 
-@pytest.fixture(scope='module')
+# Session scope: under xdist a worker may leave this module and come back; a module
+# fixture would then train all five runs again.
+@pytest.fixture(scope='session')
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multiprocess')
   dirs = {name: str(root / name) for name in ('one', 'two_devices', 'two_processes', 'resumed')}
