@@ -33,6 +33,8 @@ setuptools.setup(
         'tf': ['tensorflow-cpu'],  # Only to prepare the stock tfds datasets.
         'cuda': ['jax[cuda]'],
         'tpu': ['jax[tpu]'],
-        'test': ['hypothesis>=6', 'pytest>=8', 'pytest-xdist>=3'],
+        # pytest 9.2 ignores the node id pytest-xdist 3.8 gives grouped tests, so
+        # `--dist loadgroup` stops grouping (tests/conftest.py checks it).
+        'test': ['hypothesis>=6', 'pytest>=8,<9.2', 'pytest-xdist>=3'],
     },
 )
