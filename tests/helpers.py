@@ -14,6 +14,8 @@ from daps_jax import config_lib
 from daps_jax import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The suite's persistent XLA cache, for the tests and the trainers they start.
+XLA_CACHE = os.environ.get('DAPS_TEST_CACHE', '/tmp/daps_jax_test_xla_cache')
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:

@@ -26,10 +26,9 @@ from daps_jax import train
 from tests import helpers
 
 TOTAL = 30
-_CACHE = os.environ.get('DAPS_TEST_CACHE', '/tmp/daps_jax_test_xla_cache')
 _ARGS = ['--config=configs/testing.py', f'--config.total_steps={TOTAL}',
          '--config.method.beta_decay_steps=30', '--config.eval_every_steps=10',
-         '--config.checkpoint_every_steps=2', f'--compilation_cache_dir={_CACHE}']
+         '--config.checkpoint_every_steps=2', f'--compilation_cache_dir={helpers.XLA_CACHE}']
 
 
 def _command(workdir, *extra):

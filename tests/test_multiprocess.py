@@ -25,7 +25,7 @@ pytestmark = pytest.mark.xdist_group('multiprocess')
 
 _TINY = ['--config=configs/testing.py',
          # The suite's XLA cache: the 1-device runs compile the same programs.
-         f"--compilation_cache_dir={os.environ.get('DAPS_TEST_CACHE', '/tmp/daps_jax_test_xla_cache')}",
+         f'--compilation_cache_dir={helpers.XLA_CACHE}',
          # The beta schedule of a 4-step run also when a run stops at 2 and resumes.
          '--config.method.beta_decay_steps=4']
 
@@ -67,9 +67,7 @@ def _final(workdir: str, step: int):
   return state, evals[-1], data_state
 
 
-# Session scope: under xdist a worker may leave this module and come back; a module
-# fixture would then train all five runs again.
-@pytest.fixture(scope='session')
+@pytest.fixture(scope='module')
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp('multiprocess')
   dirs = {name: str(root / name) for name in ('one', 'two_devices', 'two_processes', 'resumed')}
