@@ -19,6 +19,7 @@ from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import errors
+from daps_jax import files
 from daps_jax import parallel
 from daps_jax import preemption
 from daps_jax import state as state_lib
@@ -34,11 +35,16 @@ _EVAL_CONTEXT = ('dual/eta', 'dual/ess_fraction', 'ppo/kl_coef')
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Writes workdir/config.json; refuses a resume with different frozen fields."""
+  """Writes workdir/config.json; refuses a resume with different frozen fields.
+
+  Every process checks; process 0 writes, atomically, so that the others (and a
+  resume after a kill) read the old file or the new one, never a part.
+  """
   path = os.path.join(workdir, 'config.json')
   if os.path.exists(path):
-    with open(path) as f:
-      saved = ml_collections.ConfigDict(json.load(f))
+    saved = ml_collections.ConfigDict(files.read_json(
+        path, errors.ConfigError, 'restore it, delete it to resume with this config '
+        'unchecked, or use a fresh --workdir.'))
     for field in _FROZEN_FIELDS:
       then, now = config_lib.get(saved, field), config_lib.get(config, field)
       if field == 'model':  # A run saved before an optional field existed had its default.
@@ -49,7 +55,7 @@ def write_config(config: ml_collections.ConfigDict, workdir: str) -> None:
             f'{then} there vs {now} now. '
             'Resume with the same settings or use a fresh --workdir.')
   if parallel.is_writer():
-    with open(path, 'w') as f:
+    with files.atomic_open(path) as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 

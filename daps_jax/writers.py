@@ -16,6 +16,8 @@ from absl import logging
 import numpy as np
 import tensorboardX
 
+from daps_jax import files
+
 
 class MetricWriter:
   """Writes scalars to `workdir/metrics.jsonl` and scalars and images to `workdir/tb`.
@@ -114,9 +116,8 @@ def drop_records_after(path: pathlib.Path, step: int) -> int:
     else:
       dropped += 1
   if dropped:
-    temporary = path.with_name(path.name + '.tmp')
-    temporary.write_text(''.join(line + '\n' for line in kept), encoding='utf-8')
-    os.replace(temporary, path)
+    with files.atomic_open(path) as f:
+      f.write(''.join(line + '\n' for line in kept))
   return dropped
 
 

@@ -70,7 +70,10 @@ def test_evaluate_bad_input_names_the_fix(run, kwargs, message):
 
 
 def test_evaluate_without_a_run_names_the_problem(tmp_path):
-  with pytest.raises(evaluation_run.EvaluateError, match='config.json'):
+  with pytest.raises(evaluation_run.EvaluateError, match='config.json does not exist'):
+    evaluation_run.evaluate_run(str(tmp_path))
+  (tmp_path / 'config.json').write_text('{"method": {"na')
+  with pytest.raises(evaluation_run.EvaluateError, match='config.json is not valid JSON'):
     evaluation_run.evaluate_run(str(tmp_path))
 
 

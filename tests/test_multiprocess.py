@@ -51,8 +51,10 @@ def _train(workdir: str, steps: int, *, processes: int = 1, devices: int = 1) ->
   running = [subprocess.Popen(c, cwd=helpers.REPO, env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for c in commands]
   outputs = [p.communicate(timeout=600) for p in running]
-  for i, (p, (out, err)) in enumerate(zip(running, outputs)):
-    assert p.returncode == 0, f'process {i}: {out[-2000:]}{err[-5000:]}'
+  # Every failed process's output: when one dies, the others fail later waiting for it.
+  failed = [f'process {i} exited {p.returncode}: {out[-2000:]}{err[-5000:]}'
+            for i, (p, (out, err)) in enumerate(zip(running, outputs)) if p.returncode]
+  assert not failed, '\n'.join(failed)
 
 
 def _final(workdir: str, step: int):

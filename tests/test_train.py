@@ -11,6 +11,7 @@ import pytest
 from daps_jax import build
 from daps_jax import checkpoint
 from daps_jax import errors
+from daps_jax import parallel
 from daps_jax import train
 from tests import helpers
 
@@ -88,6 +89,27 @@ def test_resume_with_different_model_is_refused(runs):
   config.method.num_samples = 8  # The run was trained with K = 4.
   with pytest.raises(ValueError, match=r'config\.method\.num_samples differs'):
     train.train_and_evaluate(config, resumed)
+
+
+def test_every_process_checks_the_saved_config_and_process_zero_writes_it(tmp_path, monkeypatch):
+  workdir, path = str(tmp_path), tmp_path / 'config.json'
+  config = helpers.tiny_config()
+  with monkeypatch.context() as m:
+    m.setattr(parallel, 'is_writer', lambda: False)
+    train.write_config(config, workdir)
+    assert not path.exists()  # Only process 0 writes.
+  train.write_config(config, workdir)
+  saved = path.read_text()
+  other = helpers.tiny_config()
+  other.model.vocab_size = 32
+  with monkeypatch.context() as m:
+    m.setattr(parallel, 'is_writer', lambda: False)
+    with pytest.raises(errors.ConfigError, match=r'config\.model differs'):
+      train.write_config(other, workdir)  # Process 1 refuses too, so no process waits alone.
+  assert path.read_text() == saved
+  path.write_text(saved[:len(saved) // 2])  # As a plain write killed midway leaves it.
+  with pytest.raises(errors.ConfigError, match=r'config\.json is not valid JSON.*fresh --workdir'):
+    train.write_config(config, workdir)
 
 
 def test_mismatched_checkpoint_names_the_arrays(tmp_path):

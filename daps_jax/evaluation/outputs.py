@@ -17,6 +17,7 @@ import numpy as np
 
 from daps_jax import data
 from daps_jax import figures
+from daps_jax import files
 from daps_jax import images as images_lib
 from daps_jax import writers
 
@@ -86,9 +87,8 @@ def write(workdir: str, step: int, result: Result, writer: writers.MetricWriter,
       'date': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
       **(extra or {}),
   }
-  with open(path + '.tmp', 'w') as f:
+  with files.atomic_open(path) as f:
     json.dump(record, f, indent=2, sort_keys=True)
-  os.replace(path + '.tmp', path)
   return path
 
 

@@ -6,7 +6,6 @@ from today's defaults) and a checkpoint, evaluates it with the trainer's
 trainer's; TensorBoard events go to `DIR/evaluate/tb`.
 """
 
-import json
 import os
 
 import ml_collections
@@ -15,6 +14,7 @@ from daps_jax import build
 from daps_jax import checkpoint
 from daps_jax import config_lib
 from daps_jax import errors
+from daps_jax import files
 from daps_jax import methods
 from daps_jax import parallel
 from daps_jax import writers
@@ -34,8 +34,8 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise EvaluateError(f'{path} does not exist: --workdir must be a directory that '
                         'python -m daps_jax.main trained into.')
-  with open(path) as f:
-    saved = json.load(f)
+  saved = files.read_json(path, EvaluateError, 'restore it from the run, or copy the '
+                          'config the run was trained with there.')
   config = config_lib.base_config()
   config.model = config_lib.optional_model_fields()
   name = saved.get('method', {}).get('name')

@@ -29,7 +29,6 @@ itself agrees with a float64 `scipy.linalg.sqrtm` evaluation to 1e-15 relative
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from typing import Any
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from daps_jax import errors
+from daps_jax import files
 
 PathLike = str | os.PathLike[str]
 
@@ -352,20 +352,8 @@ def save_stats(path: PathLike, mu, sigma, count: int, fields: Mapping[str, Any])
     fields: what the statistics were computed from (the `cache_path` fields).
   """
   mu, sigma = _gaussian(mu, sigma, 'mu', 'sigma')
-  path = os.path.expanduser(os.fspath(path))
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  handle, temporary = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.npz')
-  try:
-    with os.fdopen(handle, 'wb') as f:
-      np.savez(f, mu=mu, sigma=sigma, count=np.int64(int(count)), fields=np.array(_canonical(fields)))
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, path)
-  except BaseException:
-    if os.path.exists(temporary):
-      os.remove(temporary)
-    raise
+  with files.atomic_open(os.path.expanduser(os.fspath(path)), 'wb') as f:
+    np.savez(f, mu=mu, sigma=sigma, count=np.int64(int(count)), fields=np.array(_canonical(fields)))
 
 
 def load_stats(path: PathLike, fields: Mapping[str, Any]

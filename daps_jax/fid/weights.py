@@ -25,7 +25,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 import zipfile
 from collections.abc import Mapping, Sequence
 
@@ -34,6 +33,7 @@ from absl import flags
 import numpy as np
 
 from daps_jax import errors
+from daps_jax import files
 from daps_jax.fid import inception
 from daps_jax.fid import torchscript
 
@@ -135,16 +135,8 @@ def convert_wheel(wheel: str) -> dict[str, np.ndarray]:
 
 def save(arrays: Mapping[str, np.ndarray], path: str) -> None:
   """Writes a flat .npz atomically (a temporary file in the same folder, then rename)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = f'{path}.{uuid.uuid4().hex}.tmp'
-  try:
-    with open(tmp, 'xb') as f:
-      np.savez(f, **arrays)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  with files.atomic_open(path, 'wb') as f:
+    np.savez(f, **arrays)
 
 
 def _remake(path: str) -> str:

@@ -43,6 +43,7 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import errors
 from daps_jax import figures
+from daps_jax import files
 from daps_jax import images
 from daps_jax import methods
 from daps_jax import optim
@@ -176,7 +177,7 @@ def _write_config(config: ml_collections.ConfigDict, source: Source, directory: 
             'source': {'workdir': os.path.abspath(source.workdir), 'step': source.step,
                        'method': source.run.config.method.name,
                        'dataset': source.run.config.data.name}}
-  with open(path, 'w') as f:
+  with files.atomic_open(path) as f:
     json.dump(record, f, indent=2, sort_keys=True)
 
 
@@ -186,8 +187,7 @@ def _saved_source_step(config: ml_collections.ConfigDict, directory: str) -> int
   path = os.path.join(directory, 'config.json')
   if not os.path.exists(path):
     return None
-  with open(path) as f:
-    saved = json.load(f)
+  saved = files.read_json(path, PriorError, 'move that directory away for a fresh prior.')
   for field in _FROZEN:
     if saved['config'].get(field) != config[field]:
       raise PriorError(f'config.{field} differs from the prior in {directory} ({path}): '
@@ -377,7 +377,7 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
           every = config.sample.fid_every_steps
           metrics = evaluate(state, step, with_samples=final or (every > 0 and step % every == 0))
           writer.write_scalars(step, metrics)
-          with open(os.path.join(directory, f'eval_{step:08d}.json'), 'w') as f:
+          with files.atomic_open(os.path.join(directory, f'eval_{step:08d}.json')) as f:
             json.dump({'step': step, 'metrics': metrics,
                        'source': {'workdir': os.path.abspath(workdir), 'step': source.step}},
                       f, indent=2, sort_keys=True)
