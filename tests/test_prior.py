@@ -14,7 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from daps_jax import build
+from daps_jax import data
 from daps_jax import optim
+from daps_jax import parallel
 from daps_jax import state as state_lib
 from daps_jax import train
 from daps_jax.models import prior as prior_model
@@ -251,6 +253,35 @@ def test_prior_on_a_run_writes_metrics_samples_and_resumes_exactly(trained_run, 
   for a, b in zip(jax.tree.leaves(_final_params(prior_dir, 4)),
                   jax.tree.leaves(_final_params(twice / 'prior', 4))):
     np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_gfid_scores_the_samples_asked_for_and_is_zero_on_the_originals(trained_run, tmp_path):
+  """A sampler that returns the validation originals in order (1,000 digits, batches of
+  250): gFID ~0 with one sample per input; `num_fid_samples` scores that many, past
+  the end of the split too, and a pass with cold statistics still sees every original."""
+  source = loop.load_source(str(trained_run))
+  source.run.config.fid.resolution = 75
+  source.run.config.fid.stats_dir = str(tmp_path)
+  spec, batch_size = source.run.spec, source.run.config.eval_batch_size
+  originals = [np.clip(spec.to_unit(b['inputs']), 0, 1) for b in data.eval_batches(
+      spec.name, data_dir=source.run.config.data.dir, batch_size=batch_size)]
+  calls = []
+
+  def sample(labels, i):
+    assert labels.shape == (batch_size,) and (labels == -1).all()
+    calls.append(i)
+    return parallel.shard(originals[i % len(originals)])
+
+  fid, count = loop._gfid(source, sample, 300)  # Statistics not cached yet.
+  assert count == 300 and calls == [0, 1] and fid > 1.0
+  cached = [np.load(tmp_path / name) for name in os.listdir(tmp_path)]
+  assert [int(c['count']) for c in cached] == [1000]  # Every original, not the first 300.
+  calls.clear()
+  fid, count = loop._gfid(source, sample, 0)
+  assert count == 1000 and calls == [0, 1, 2, 3] and abs(fid) < 1e-3
+  calls.clear()
+  fid, count = loop._gfid(source, sample, 1500)  # Past the split: 2 more batches.
+  assert count == 1500 and calls == [0, 1, 2, 3, 4, 5] and fid > 1e-3
 
 
 def test_resume_with_other_settings_is_refused(trained_run, tmp_path):

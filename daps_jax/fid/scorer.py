@@ -114,17 +114,33 @@ class FidScorer:
     self.protocol = Protocol(protocol, resolution, weights.CHECKSUM, described)
     self._fake = self._real = None
 
+  @property
+  def needs_originals(self) -> bool:
+    """Whether a pass must see every validation original (their statistics are not cached)."""
+    return self._reference is None
+
   def begin(self) -> None:
     """Starts a pass over the validation split: then `add` per batch, then `result`."""
     self._fake = statistics.FeatureStats()
     self._real = statistics.FeatureStats() if self._reference is None else None
 
-  def add(self, reconstructions: jax.Array, batch: dict) -> None:
-    """reconstructions: [D, B, H, W, C] in [0, 1] as `eval_step` left them on the
-    devices; batch: the host batch {'inputs' (model space), 'mask'}."""
-    mask = parallel.shard(batch['mask'])
-    self._fake.add(_host(self._step(self._params, reconstructions, mask)))
-    if self._real is not None:
+  def add(self, reconstructions: jax.Array | None, batch: dict | None,
+          fake_mask: np.ndarray | None = None) -> None:
+    """One batch of the pass.
+
+    Args:
+      reconstructions: [D, B, H, W, C] in [0, 1] as `eval_step` left them on the
+        devices (None: no images to score in this batch).
+      batch: the host batch of originals {'inputs' (model space), 'mask' [b]}
+        (None: past the end of the split).
+      fake_mask: [b] bool, which of the reconstructions count (None: batch['mask']).
+    Every process must pass None for the same batches.
+    """
+    if reconstructions is not None:
+      mask = parallel.shard(batch['mask'] if fake_mask is None else fake_mask)
+      self._fake.add(_host(self._step(self._params, reconstructions, mask)))
+    if self._real is not None and batch is not None:
+      mask = parallel.shard(batch['mask'])
       originals = np.clip(self._spec.to_unit(batch['inputs']), 0.0, 1.0)
       self._real.add(_host(self._step(self._params, parallel.shard(originals), mask)))
 

@@ -20,12 +20,15 @@ metrics.jsonl, TensorBoard (`tb/`), checkpoints, and per evaluation
                                     with the learned prior and with the uniform one
   prior/gfid                        (images, final eval) FID of decoded prior samples
                                     against the validation originals (rfid protocol)
+  prior/gfid_samples                how many samples it scored (sample.num_fid_samples)
 
 and `samples_<step>.png` (class-conditional: one row per class).
 """
 
+from collections.abc import Callable
 import dataclasses
 import functools
+import itertools
 import json
 import math
 import os
@@ -342,9 +345,11 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
       images.save_png(os.path.join(directory, f'samples_{step:08d}.png'), figure)
       every = config.sample.fid_every_steps
       if every == 0 and step == config.total_steps or every > 0 and step % every == 0:
-        fid = _gfid(source, sampler, state, jax.random.fold_in(key, 1))
+        fid_key = jax.random.fold_in(key, 1)
+        sample = lambda labels, i: sampler(state, labels, jax.random.fold_in(fid_key, i))
+        fid = _gfid(source, sample, config.sample.num_fid_samples)
         if fid is not None:
-          metrics['prior/gfid'] = fid
+          metrics['prior/gfid'], metrics['prior/gfid_samples'] = fid
     return metrics
 
   ckpt = checkpoint.Checkpointer(directory, config.keep_checkpoints)
@@ -398,9 +403,15 @@ def train_prior(workdir: str, config: ml_collections.ConfigDict) -> dict:
   return metrics
 
 
-def _gfid(source: Source, sampler: _Sampler, prior_state, rng: jax.Array) -> float | None:
-  """FID of one unconditional prior sample per validation input against the validation
-  originals (the run's rfid protocol and cached statistics); None without weights."""
+def _gfid(source: Source, sample: Callable[[np.ndarray, int], jax.Array],
+          num_samples: int) -> tuple[float, int] | None:
+  """(FID, number of samples): `num_samples` unconditional prior samples (0: one per
+  validation input) against the validation originals, with the run's rfid protocol
+  and cached statistics; None without weights.
+
+  `sample(labels [b], i)` decodes the i-th batch of samples onto the devices. The
+  pass runs over the split only while the originals' statistics are not cached.
+  """
   run, f = source.run, source.run.config.fid
   if run.spec.modality != 'image':
     return None
@@ -409,17 +420,23 @@ def _gfid(source: Source, sampler: _Sampler, prior_state, rng: jax.Array) -> flo
   except weights.WeightsError as e:
     logging.warning('No gFID: %s', e)
     return None
-  fid = scorer.FidScorer(params, spec=run.spec,
-                         num_examples=data.num_eval_examples(run.spec.name, run.config.data.dir),
-                         protocol='rfid', resolution=f.resolution, chunk_size=f.chunk_size,
-                         stats_dir=f.stats_dir)
+  fid_examples = data.num_eval_examples(run.spec.name, run.config.data.dir)
+  fid = scorer.FidScorer(params, spec=run.spec, num_examples=fid_examples, protocol='rfid',
+                         resolution=f.resolution, chunk_size=f.chunk_size, stats_dir=f.stats_dir)
+  total = num_samples or fid_examples
+  per_process = parallel.process_batch_size(run.config.eval_batch_size)
+  # Global index of this process's rows within a global batch (as in `data.eval_batches`).
+  rows = parallel.process_rows()['process_index'] * per_process + np.arange(per_process)
+  originals = data.eval_batches(run.config.data.name, data_dir=run.config.data.dir,
+                                batch_size=per_process)
   fid.begin()
-  for i, batch in enumerate(data.eval_batches(
-      run.config.data.name, data_dir=run.config.data.dir,
-      batch_size=parallel.process_batch_size(run.config.eval_batch_size))):
-    unconditional = np.full(len(batch['mask']), -1, np.int32)
-    fid.add(sampler(prior_state, unconditional, jax.random.fold_in(rng, i)), batch)
-  return fid.result()
+  for i, batch in enumerate(itertools.chain(originals, itertools.repeat(None))):
+    start = i * run.config.eval_batch_size
+    if start >= total and (batch is None or not fid.needs_originals):
+      break
+    samples = sample(np.full(per_process, -1, np.int32), i) if start < total else None
+    fid.add(samples, batch, fake_mask=start + rows < total)
+  return fid.result(), total
 
 
 def finished(directory: str, total_steps: int) -> bool:
