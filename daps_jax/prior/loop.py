@@ -424,18 +424,16 @@ def _gfid(source: Source, sample: Callable[[np.ndarray, int], jax.Array],
   fid = scorer.FidScorer(params, spec=run.spec, num_examples=fid_examples, protocol='rfid',
                          resolution=f.resolution, chunk_size=f.chunk_size, stats_dir=f.stats_dir)
   total = num_samples or fid_examples
-  per_process = parallel.process_batch_size(run.config.eval_batch_size)
-  # Global index of this process's rows within a global batch (as in `data.eval_batches`).
-  rows = parallel.process_rows()['process_index'] * per_process + np.arange(per_process)
+  batch_size = run.config.eval_batch_size  # One process: train_prior refuses more.
   originals = data.eval_batches(run.config.data.name, data_dir=run.config.data.dir,
-                                batch_size=per_process)
+                                batch_size=batch_size)
   fid.begin()
   for i, batch in enumerate(itertools.chain(originals, itertools.repeat(None))):
-    start = i * run.config.eval_batch_size
+    start = i * batch_size
     if start >= total and (batch is None or not fid.needs_originals):
       break
-    samples = sample(np.full(per_process, -1, np.int32), i) if start < total else None
-    fid.add(samples, batch, fake_mask=start + rows < total)
+    samples = sample(np.full(batch_size, -1, np.int32), i) if start < total else None
+    fid.add(samples, batch, fake_mask=start + np.arange(batch_size) < total)
   return fid.result(), total
 
 
