@@ -34,6 +34,7 @@ from absl import app
 from absl import flags
 from absl import logging
 import jax
+import ml_collections
 import numpy as np
 from ml_collections import config_flags
 
@@ -180,14 +181,23 @@ def compare(filename: str, overrides: dict, seeds: dict[str, int],
         + ', '.join(f'{m} {sec_per_step[m]:.3f}' for m in _METHODS.value if m in sec_per_step))
   reference = PAPER_TABLE1.get(first.data.name)
   if _PRIORS.value:
-    p = _PRIOR_CONFIG.value
-    meta['prior'] = (f'`python -m daps_jax.prior` on each run ({p.codes} codes, width {p.width}, '
-                     f'{p.num_layers} layers, {p.total_steps:,} steps of {p.batch_size}); gFID of '
-                     'one unconditional sample per validation input vs the validation originals')
+    meta['prior'] = prior_summary(_PRIOR_CONFIG.value, runs)
     reference = None
   paths = report.write(output, runs, meta, methods=_METHODS.value, reference=reference,
                        sec_per_step=sec_per_step)
   print(open(paths['md']).read())
+
+
+def prior_summary(config: ml_collections.ConfigDict, runs: list[report.Run]) -> str:
+  """The substrate table's line on the priors: their settings and the gFID sample count
+  the runs' final evals recorded."""
+  scored = sorted({int(r.final['prior/gfid_samples']) for r in runs
+                   if 'prior/gfid_samples' in r.final})
+  gfid = (f'gFID of {" or ".join(f"{n:,}" for n in scored)} unconditional samples vs the '
+          'validation originals' if scored else 'no gFID')
+  return (f'`python -m daps_jax.prior` on each run ({config.codes} codes, width {config.width}, '
+          f'{config.num_layers} layers, {config.total_steps:,} steps of {config.batch_size}); '
+          f'{gfid}')
 
 
 def _with_prior(run: report.Run, workdir: str, output: str) -> report.Run:

@@ -91,7 +91,8 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
     assert float(rows[method]['prior/bits_per_input_mean']) == pytest.approx(8 * bits)
     assert float(rows[method]['eval/psnr_mean']) > 0  # The reconstruction columns stay.
     assert os.path.getsize(os.path.join(workdir, 'priors', f'samples_{method}_seed0.png')) > 0
-  assert 'python -m daps_jax.prior' in open(os.path.join(workdir, 'priors', 'results.md')).read()
+  table = open(os.path.join(workdir, 'priors', 'results.md')).read()
+  assert 'python -m daps_jax.prior' in table and 'no gFID' in table  # fid_every_steps=-1
 
 
 def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
@@ -132,3 +133,24 @@ def test_method_overrides_are_parsed_and_checked():
                               {'method.dual_solver': 'bisection'},
                               'daps', 0)
   assert config.method.dual_solver == 'bisection'
+
+
+def test_prior_summary_states_the_gfid_samples_the_runs_scored():
+  """The substrate table says how many samples its gFID scored (read from the runs' final
+  evals, not assumed), and 'no gFID' when none was measured."""
+  from daps_jax import compare
+  from daps_jax import report
+  from daps_jax.prior import config as prior_config
+
+  def run(final):
+    return report.Run(method='fsq', seed=0, final=final, curve=[], code_counts=None, bits=64.0)
+
+  config = prior_config.default()
+  line = compare.prior_summary(config, [run({'prior/gfid_samples': 2000.0}),
+                                        run({'prior/gfid_samples': 2000.0})])
+  assert line.endswith('gFID of 2,000 unconditional samples vs the validation originals')
+  assert 'width 128, 3 layers, 2,000 steps of 128' in line
+  mixed = compare.prior_summary(config, [run({'prior/gfid_samples': 10000.0}),
+                                         run({'prior/gfid_samples': 2000.0})])
+  assert 'gFID of 2,000 or 10,000 unconditional' in mixed
+  assert compare.prior_summary(config, [run({})]).endswith('; no gFID')
