@@ -1,9 +1,16 @@
-"""bench/train_step.py end to end on a method without samples (a quantiser)."""
+"""bench/train_step.py end to end on a method without samples (a quantiser), and the
+20k comparison's keep/restore of finished runs (bench/compare_20k.sh)."""
 
 import json
+import os
+import pathlib
 import subprocess
 import sys
 
+import numpy as np
+
+from daps_jax import runs
+from daps_jax.prior import loop as prior_loop
 from tests import helpers
 
 
@@ -19,3 +26,55 @@ def test_train_step_times_a_method_without_num_samples(tmp_path):
   assert record['method'] == 'fsq' and record['batch_size'] == 8
   assert record['num_samples'] is None  # FSQ draws no samples: '-' in the table.
   assert record['sec_per_step'] > 0
+
+
+def _fake_run(run: pathlib.Path, last_step: int, prior_steps: int | None = None) -> None:
+  """The files a training run (and its prior) leave, up to `last_step`, checkpoints too."""
+  (run / 'codes').mkdir(parents=True)
+  (run / 'checkpoints' / str(last_step)).mkdir(parents=True)
+  (run / 'checkpoints' / str(last_step) / 'state').write_bytes(b'x' * 1000)
+  (run / 'config.json').write_text('{}')
+  records = [{'step': s, 'eval/psnr': 14.0} for s in range(2000, last_step + 1, 2000)]
+  (run / 'metrics.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in records))
+  for s in range(2000, last_step + 1, 2000):
+    (run / f'eval_{s:08d}.json').write_text('{"metrics": {}}')
+    np.save(run / 'codes' / f'counts_{s:08d}.npy', np.zeros((8, 256)))
+  if prior_steps is not None:
+    prior = run / 'prior'
+    (prior / 'checkpoints').mkdir(parents=True)
+    for name in ('config.json', 'metrics.jsonl', f'samples_{prior_steps:08d}.png'):
+      (prior / name).write_text('{}')
+    (prior / f'eval_{prior_steps:08d}.json').write_text('{"metrics": {"prior/gfid": 1.0}}')
+
+
+def test_compare_20k_keeps_finished_units_and_restores_them_as_finished(tmp_path):
+  """`keep` keeps a run only when it is finished and, where the substrate table wants one, its
+  prior is too (no checkpoints are kept, so neither could resume); `restore` gives back a
+  workdir in which `compare` sees those runs and priors as finished."""
+  workdir, keep = tmp_path / 'work', tmp_path / 'keep'
+  _fake_run(workdir / 'fsq' / 'seed_0', 20000, prior_steps=2000)  # Kept, with its prior.
+  _fake_run(workdir / 'gumbel' / 'seed_0', 20000)  # No prior wanted: kept.
+  _fake_run(workdir / 'fsq' / 'seed_2', 20000)  # Seed 2 wants no prior: kept.
+  _fake_run(workdir / 'daps' / 'seed_0', 20000)  # Its wanted prior is missing: not kept.
+  _fake_run(workdir / 'vqvae' / 'seed_1', 8000)  # Unfinished: not kept.
+  script = os.path.join(helpers.REPO, 'bench', 'compare_20k.sh')
+  env = dict(os.environ, WORKDIR=str(workdir), KEEP=str(keep))
+  result = subprocess.run([script, 'keep'], env=env, capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  assert sorted(str(p.relative_to(keep)) for p in keep.glob('*/seed_*')) == [
+      'fsq/seed_0', 'fsq/seed_2', 'gumbel/seed_0']
+  assert not list(keep.rglob('checkpoints'))
+  assert sorted(p.name for p in (keep / 'fsq' / 'seed_0' / 'codes').iterdir()) == [
+      'counts_00020000.npy']  # Only the final histogram: the table reads no other.
+
+  fresh = tmp_path / 'fresh'  # A new machine: nothing but the kept files.
+  result = subprocess.run([script, 'restore'], env=dict(env, WORKDIR=str(fresh)),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 0, result.stderr
+  for run in ('fsq/seed_0', 'fsq/seed_2', 'gumbel/seed_0'):
+    assert runs.finished(str(fresh / run), 20000), run
+  assert prior_loop.finished(str(fresh / 'fsq' / 'seed_0' / 'prior'), 2000)
+  assert not (fresh / 'daps').exists() and not (fresh / 'vqvae').exists()
+  (fresh / 'gumbel' / 'seed_0' / 'metrics.jsonl').write_text('newer\n')
+  subprocess.run([script, 'restore'], env=dict(env, WORKDIR=str(fresh)), check=True, timeout=60)
+  assert (fresh / 'gumbel' / 'seed_0' / 'metrics.jsonl').read_text() == 'newer\n'  # Not clobbered.

@@ -58,11 +58,12 @@ def test_shellcheck(script):
   assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_device_benchmark_script_shellcheck():
-  """bench/device.sh, the one command for a lent GPU, is shellcheck-clean."""
+@pytest.mark.parametrize('script', ('device.sh', 'compare_20k.sh'))
+def test_benchmark_script_shellcheck(script):
+  """bench/device.sh (the one command for a lent GPU) and bench/compare_20k.sh are clean."""
   if shutil.which('shellcheck') is None:
     pytest.fail('shellcheck is not installed: apt-get install shellcheck')
-  result = subprocess.run(['shellcheck', os.path.join(helpers.REPO, 'bench', 'device.sh')],
+  result = subprocess.run(['shellcheck', os.path.join(helpers.REPO, 'bench', script)],
                           capture_output=True, text=True)
   assert result.returncode == 0, result.stdout + result.stderr
 
