@@ -1,5 +1,5 @@
 """bench/train_step.py end to end on a method without samples (a quantiser), and the
-20k comparison's keep/restore of finished runs (bench/compare_20k.sh)."""
+long runs' keep/restore of finished runs (bench/long_runs.sh)."""
 
 import json
 import os
@@ -47,34 +47,41 @@ def _fake_run(run: pathlib.Path, last_step: int, prior_steps: int | None = None)
     (prior / f'eval_{prior_steps:08d}.json').write_text('{"metrics": {"prior/gfid": 1.0}}')
 
 
-def test_compare_20k_keeps_finished_units_and_restores_them_as_finished(tmp_path):
+def test_long_runs_keep_finished_runs_and_restore_them_as_finished(tmp_path):
   """`keep` keeps a run only when it is finished and, where the substrate table wants one, its
-  prior is too (no checkpoints are kept, so neither could resume); `restore` gives back a
-  workdir in which `compare` sees those runs and priors as finished."""
-  workdir, keep = tmp_path / 'work', tmp_path / 'keep'
-  _fake_run(workdir / 'fsq' / 'seed_0', 20000, prior_steps=2000)  # Kept, with its prior.
-  _fake_run(workdir / 'gumbel' / 'seed_0', 20000)  # No prior wanted: kept.
-  _fake_run(workdir / 'fsq' / 'seed_2', 20000)  # Seed 2 wants no prior: kept.
-  _fake_run(workdir / 'daps' / 'seed_0', 20000)  # Its wanted prior is missing: not kept.
-  _fake_run(workdir / 'vqvae' / 'seed_1', 8000)  # Unfinished: not kept.
-  script = os.path.join(helpers.REPO, 'bench', 'compare_20k.sh')
-  env = dict(os.environ, WORKDIR=str(workdir), KEEP=str(keep))
-  result = subprocess.run([script, 'keep'], env=env, capture_output=True, text=True, timeout=60)
-  assert result.returncode == 0, result.stderr
-  assert sorted(str(p.relative_to(keep)) for p in keep.glob('*/seed_*')) == [
-      'fsq/seed_0', 'fsq/seed_2', 'gumbel/seed_0']
+  prior is too (no checkpoints are kept, so neither could resume); study runs want no prior;
+  `restore` gives back workdirs in which `compare` and the study see those runs (and priors)
+  as finished, and leaves what a workdir already holds."""
+  runs_dir, keep = tmp_path / 'runs', tmp_path / 'keep'
+  compare, study = runs_dir / 'compare_fashion_mnist_20k', runs_dir / 'study_mnist'
+  _fake_run(compare / 'fsq' / 'seed_0', 20000, prior_steps=2000)  # Kept, with its prior.
+  _fake_run(compare / 'gumbel' / 'seed_0', 20000)  # No prior wanted: kept.
+  _fake_run(compare / 'fsq' / 'seed_2', 20000)  # Seed 2 wants no prior: kept.
+  _fake_run(compare / 'daps' / 'seed_0', 20000)  # Its wanted prior is missing: not kept.
+  _fake_run(compare / 'vqvae' / 'seed_1', 8000)  # Unfinished: not kept.
+  _fake_run(study / 'bisection_beta1x_lr0.001' / 'daps' / 'seed_0', 8000)  # Kept.
+  _fake_run(study / 'short_beta10x_lr0.001' / 'daps' / 'seed_1', 4000)  # Unfinished.
+  script = os.path.join(helpers.REPO, 'bench', 'long_runs.sh')
+  env = dict(os.environ, RUNS=str(runs_dir), KEEP=str(keep))
+  subprocess.run([script, 'keep'], env=env, check=True, timeout=60)
+  kept = keep / 'compare_fashion_mnist_20k' / 'runs'
+  assert sorted(str(p.relative_to(keep)) for p in keep.rglob('seed_*')) == [
+      'compare_fashion_mnist_20k/runs/fsq/seed_0', 'compare_fashion_mnist_20k/runs/fsq/seed_2',
+      'compare_fashion_mnist_20k/runs/gumbel/seed_0',
+      'study_mnist/runs/bisection_beta1x_lr0.001/daps/seed_0']
   assert not list(keep.rglob('checkpoints'))
-  assert sorted(p.name for p in (keep / 'fsq' / 'seed_0' / 'codes').iterdir()) == [
-      'counts_00020000.npy']  # Only the final histogram: the table reads no other.
+  assert sorted(p.name for p in (kept / 'fsq' / 'seed_0' / 'codes').iterdir()) == [
+      'counts_00020000.npy']  # Only the final histogram: the tables read no other.
 
   fresh = tmp_path / 'fresh'  # A new machine: nothing but the kept files.
-  result = subprocess.run([script, 'restore'], env=dict(env, WORKDIR=str(fresh)),
-                          capture_output=True, text=True, timeout=60)
-  assert result.returncode == 0, result.stderr
+  env = dict(env, RUNS=str(fresh))
+  subprocess.run([script, 'restore'], env=env, check=True, timeout=60)
+  compare, study = fresh / 'compare_fashion_mnist_20k', fresh / 'study_mnist'
   for run in ('fsq/seed_0', 'fsq/seed_2', 'gumbel/seed_0'):
-    assert runs.finished(str(fresh / run), 20000), run
-  assert prior_loop.finished(str(fresh / 'fsq' / 'seed_0' / 'prior'), 2000)
-  assert not (fresh / 'daps').exists() and not (fresh / 'vqvae').exists()
-  (fresh / 'gumbel' / 'seed_0' / 'metrics.jsonl').write_text('newer\n')
-  subprocess.run([script, 'restore'], env=dict(env, WORKDIR=str(fresh)), check=True, timeout=60)
-  assert (fresh / 'gumbel' / 'seed_0' / 'metrics.jsonl').read_text() == 'newer\n'  # Not clobbered.
+    assert runs.finished(str(compare / run), 20000), run
+  assert prior_loop.finished(str(compare / 'fsq' / 'seed_0' / 'prior'), 2000)
+  assert runs.finished(str(study / 'bisection_beta1x_lr0.001' / 'daps' / 'seed_0'), 8000)
+  assert not (compare / 'daps').exists() and not (compare / 'vqvae').exists()
+  (compare / 'gumbel' / 'seed_0' / 'metrics.jsonl').write_text('newer\n')
+  subprocess.run([script, 'restore'], env=env, check=True, timeout=60)
+  assert (compare / 'gumbel' / 'seed_0' / 'metrics.jsonl').read_text() == 'newer\n'

@@ -58,9 +58,9 @@ def test_shellcheck(script):
   assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize('script', ('device.sh', 'compare_20k.sh'))
+@pytest.mark.parametrize('script', ('device.sh', 'long_runs.sh'))
 def test_benchmark_script_shellcheck(script):
-  """bench/device.sh (the one command for a lent GPU) and bench/compare_20k.sh are clean."""
+  """bench/device.sh (the one command for a lent GPU) and bench/long_runs.sh are clean."""
   if shutil.which('shellcheck') is None:
     pytest.fail('shellcheck is not installed: apt-get install shellcheck')
   result = subprocess.run(['shellcheck', os.path.join(helpers.REPO, 'bench', script)],
