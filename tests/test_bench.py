@@ -1,6 +1,7 @@
 """bench/train_step.py end to end on a method without samples (a quantiser), and the
 long runs' keep/restore of finished runs (bench/long_runs.sh)."""
 
+import fcntl
 import json
 import os
 import pathlib
@@ -62,8 +63,8 @@ def test_long_runs_keep_finished_runs_and_restore_them_as_finished(tmp_path):
   _fake_run(study / 'bisection_beta1x_lr0.001' / 'daps' / 'seed_0', 8000)  # Kept.
   _fake_run(study / 'short_beta10x_lr0.001' / 'daps' / 'seed_1', 4000)  # Unfinished.
   script = os.path.join(helpers.REPO, 'bench', 'long_runs.sh')
-  env = dict(os.environ, RUNS=str(runs_dir), KEEP=str(keep))
-  subprocess.run([script, 'keep'], env=env, check=True, timeout=60)
+  env = dict(os.environ, RUNS=str(runs_dir), KEEP=str(keep), PYTHON=sys.executable)
+  subprocess.run([script, 'keep'], env=env, check=True, timeout=120)
   kept = keep / 'compare_fashion_mnist_20k' / 'runs'
   assert sorted(str(p.relative_to(keep)) for p in keep.rglob('seed_*')) == [
       'compare_fashion_mnist_20k/runs/fsq/seed_0', 'compare_fashion_mnist_20k/runs/fsq/seed_2',
@@ -85,3 +86,42 @@ def test_long_runs_keep_finished_runs_and_restore_them_as_finished(tmp_path):
   (compare / 'gumbel' / 'seed_0' / 'metrics.jsonl').write_text('newer\n')
   subprocess.run([script, 'restore'], env=env, check=True, timeout=60)
   assert (compare / 'gumbel' / 'seed_0' / 'metrics.jsonl').read_text() == 'newer\n'
+
+
+def test_long_runs_lane_skips_done_pieces_and_methods_another_lane_holds(tmp_path):
+  """A lane runs the pieces in order, skips those already done and those of a method whose
+  lock another lane holds, keeps after each piece, and stops when nothing is left for it."""
+  runs_dir, log = tmp_path / 'runs', tmp_path / 'commands.txt'
+  python = tmp_path / 'python'  # Records the tools' commands; the keep step runs for real.
+  python.write_text(f'#!/bin/bash\nif [[ $1 == -m ]]; then echo "$*" >> {log}; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+  python.chmod(0o755)
+  script = os.path.join(helpers.REPO, 'bench', 'long_runs.sh')
+  env = dict(os.environ, RUNS=str(runs_dir), KEEP=str(tmp_path / 'keep'), PYTHON=str(python))
+  lanes = runs_dir / '.lanes'
+  lanes.mkdir(parents=True)
+  left = {'compare_daps_prior_2', 'compare_fsq_prior_2', 'study_daps_1e-3_1'}
+  pieces = [f'compare_{m}_prior_{n}' for n in (1, 2)
+            for m in ('daps', 'fsq', 'vqvae', 'gumbel_na', 'daps_na')]
+  pieces += [f'compare_gumbel_-_{n}' for n in (1, 2, 3)]
+  pieces += [f'compare_{m}_-_3' for m in ('daps', 'fsq', 'vqvae', 'gumbel_na', 'daps_na')]
+  pieces += [f'compare_{m}_-_{n}' for n in (1, 2) for m in ('vimco', 'grmck_na')]
+  pieces += [f'study_{m}_{r}_{n}' for r in ('1e-3', '3e-4') for n in (1, 2)
+             for m in ('daps_na', 'daps')]
+  assert left <= set(pieces)
+  for piece in set(pieces) - left:
+    (lanes / f'{piece}.done').touch()
+  with open(lanes / 'compare_daps.lock', 'w') as held:  # Another lane trains daps.
+    fcntl.flock(held, fcntl.LOCK_EX)
+    result = subprocess.run([script, 'lane'], env=env, capture_output=True, text=True,
+                            timeout=300)
+  assert result.returncode == 0, result.stdout + result.stderr
+  commands = log.read_text().splitlines()
+  assert len(commands) == 2, commands
+  assert commands[0].startswith('-m daps_jax.compare --config=configs/fashion_mnist.py:short')
+  assert '--methods=fsq --seeds=2 --priors --prior_config.sample.num_fid_samples=2000' in commands[0]
+  assert commands[1].startswith('-m bench.study --config=configs/mnist.py:quickstart')
+  assert commands[1].endswith('--methods=daps --seeds=1 --learning_rates=1e-3')
+  assert not (lanes / 'compare_daps_prior_2.done').exists()
+  assert (lanes / 'compare_fsq_prior_2.done').exists()
+  assert 'nothing left for this lane' in result.stdout
