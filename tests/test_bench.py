@@ -119,7 +119,8 @@ def test_long_runs_lane_skips_done_pieces_and_methods_another_lane_holds(tmp_pat
   commands = log.read_text().splitlines()
   assert len(commands) == 2, commands
   assert commands[0].startswith('-m daps_jax.compare --config=configs/fashion_mnist.py:short')
-  assert '--methods=fsq --seeds=2 --priors --prior_config.sample.num_fid_samples=2000' in commands[0]
+  assert ('--methods=fsq --seeds=2 --priors --prior_config.sample.num_fid_samples=2000'
+          in commands[0])
   assert commands[1].startswith('-m bench.study --config=configs/mnist.py:quickstart')
   assert commands[1].endswith('--methods=daps --seeds=1 --learning_rates=1e-3')
   assert not (lanes / 'compare_daps_prior_2.done').exists()

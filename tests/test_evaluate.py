@@ -155,8 +155,7 @@ def test_two_devices_evaluate_like_one(run, tmp_path):
   """Every metric, FID included, on 2 fake CPU devices equals 1 device."""
   results = []
   for devices in (1, 2):
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
+    env = helpers.cpu_env(devices)
     out = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, run[0],
                           str(devices), str(tmp_path / f'stats{devices}')],
                          env=env, capture_output=True, text=True, timeout=600)

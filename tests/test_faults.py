@@ -35,14 +35,9 @@ def _command(workdir, *extra):
   return [sys.executable, '-m', 'daps_jax.main', f'--workdir={workdir}', *_ARGS, *extra]
 
 
-def _env(devices: int = 1) -> dict:
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-
-
 def _run(workdir, *extra, devices: int = 1) -> subprocess.CompletedProcess:
-  return subprocess.run(_command(workdir, *extra), cwd=helpers.REPO, env=_env(devices),
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(_command(workdir, *extra), cwd=helpers.REPO,
+                        env=helpers.cpu_env(devices), capture_output=True, text=True, timeout=600)
 
 
 def _records(workdir) -> list[dict]:
@@ -137,7 +132,7 @@ def test_kill_9_at_random_times_and_during_saves_loses_nothing(reference, tmp_pa
   conditions += [lambda s=s: _last_step(workdir) >= s for s in kill_steps]
   during_saves = 0
   for ready in conditions:
-    killed, during_save = _kill_when(_command(workdir), workdir, ready, rng, _env())
+    killed, during_save = _kill_when(_command(workdir), workdir, ready, rng, helpers.cpu_env())
     during_saves += during_save
   assert during_saves >= 1  # At least one kill cut a checkpoint write short.
   result = _run(workdir)
@@ -160,8 +155,8 @@ def test_sigterm_between_checkpoints_saves_that_step_and_resumes(reference, tmp_
   and the rerun resumes there and ends as the uninterrupted run did."""
   workdir = tmp_path / 'run'
   command = _command(workdir, '--config.checkpoint_every_steps=1000')
-  process = subprocess.Popen(command, cwd=helpers.REPO, env=_env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+  process = subprocess.Popen(command, cwd=helpers.REPO, env=helpers.cpu_env(),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   _wait_for_step(process, workdir, 7)
   process.send_signal(signal.SIGTERM)
   process.send_signal(signal.SIGINT)  # A second signal while it stops: ignored, not fatal.
@@ -198,7 +193,8 @@ def _start_processes(workdir, processes: int = 2):
       _command(workdir, '--config.checkpoint_every_steps=1000',
                f'--coordinator_address=localhost:{port}', f'--num_processes={processes}',
                f'--process_id={i}'),
-      cwd=helpers.REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      cwd=helpers.REPO, env=helpers.cpu_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True)
       for i in range(processes)]
 
 
@@ -280,8 +276,8 @@ def test_nan_steps_are_skipped_and_divergence_keeps_the_last_good_checkpoint(tmp
     ('--config.batch_size=abc', 'invalid literal'),
 ])
 def test_bad_config_flags_end_in_one_line_with_status_2(tmp_path, flag, expected):
-  result = subprocess.run(_command(tmp_path / 'run', flag), cwd=helpers.REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+  result = subprocess.run(_command(tmp_path / 'run', flag), cwd=helpers.REPO,
+                          env=helpers.cpu_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   assert result.stderr.strip().splitlines() == [result.stderr.strip()]  # One line.
   assert expected in result.stderr and result.stderr.startswith('error: ')

@@ -1,7 +1,6 @@
 """Every method through the trainer's interface, and properties of the baselines' steps."""
 
 import functools
-import os
 import subprocess
 import sys
 
@@ -236,8 +235,7 @@ for method in sys.argv[2:]:
 def test_two_devices_equal_one_device_for_the_baselines():
   """Every leaf of the state and every metric after 3 steps, 2 fake CPU devices vs 1."""
   names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo', 'vimco', 'daps:bisection']
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
+  env = helpers.cpu_env(2)
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *names],
                           env=env, capture_output=True, text=True, timeout=900)
   for method in names:

@@ -38,8 +38,7 @@ def _free_port() -> int:
 
 def _train(workdir: str, steps: int, *, processes: int = 1, devices: int = 1) -> None:
   """Runs `python -m daps_jax.main` as `processes` processes of `devices` CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = helpers.cpu_env(devices)
   command = [sys.executable, '-m', 'daps_jax.main', f'--workdir={workdir}', *_TINY,
              f'--config.total_steps={steps}']
   if processes > 1:

@@ -309,8 +309,7 @@ def test_prior_two_devices_equal_one_device(trained_run, tmp_path):
   results = {}
   for devices in (1, 2):
     run = _copy_run(trained_run, tmp_path / str(devices))
-    env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
-               JAX_PLATFORMS='cpu')
+    env = helpers.cpu_env(devices)
     out = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, str(run),
                           str(devices)], env=env, capture_output=True, text=True, timeout=600)
     lines = [l for l in out.stdout.splitlines() if l.startswith('METRICS ')]

@@ -1,7 +1,6 @@
 """The fused train step: traces once, learns a toy problem, shards exactly."""
 
 import functools
-import os
 import subprocess
 import sys
 
@@ -138,8 +137,7 @@ print('SHARDED_OK')
 
 def test_two_devices_equal_one_device():
   """pmap over 2 fake CPU devices == 1 device on the same global batch (with BatchNorm)."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2',
-             JAX_PLATFORMS='cpu')
+  env = helpers.cpu_env(2)
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO], env=env,
                           capture_output=True, text=True, timeout=600)
   assert 'SHARDED_OK' in result.stdout, result.stdout + result.stderr
