@@ -1,4 +1,4 @@
-"""Test set-up: XLA flags and a persistent XLA cache so compiles are cheap, FID statistics
+"""Test set-up: a persistent XLA cache so repeated compiles are cheap, FID statistics
 cached in a temporary directory, never in the user's cache, and a check that
 `--dist loadgroup` can group tests with the installed pytest."""
 
@@ -12,8 +12,6 @@ import pytest
 
 from tests import helpers
 
-# Read when the backend starts (after this file), here and in the subprocesses tests start.
-os.environ['XLA_FLAGS'] = f"{helpers.XLA_TEST_FLAGS} {os.environ.get('XLA_FLAGS', '')}".strip()
 jax.config.update('jax_compilation_cache_dir', helpers.XLA_CACHE)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', -1)
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

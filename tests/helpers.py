@@ -16,15 +16,12 @@ from daps_jax import models
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The suite's persistent XLA cache, for the tests and the trainers they start.
 XLA_CACHE = os.environ.get('DAPS_TEST_CACHE', '/tmp/daps_jax_test_xla_cache')
-# The suite compiles hundreds of tiny programs and runs each for a few steps: LLVM's
-# optimisation of the CPU code is most of their compile time and buys little.
-XLA_TEST_FLAGS = '--xla_backend_optimization_level=0'
 
 
 def cpu_env(devices: int = 1) -> dict[str, str]:
-  """The environment of a subprocess on `devices` fake CPU devices, with the suite's flags."""
+  """The environment of a subprocess on `devices` fake CPU devices."""
   return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'{XLA_TEST_FLAGS} --xla_force_host_platform_device_count={devices}')
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
 def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
