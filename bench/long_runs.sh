@@ -60,11 +60,11 @@ keep_runs() {  # NAME TOTAL_STEPS PRIORS(0|1): RUNS/NAME's finished runs -> KEEP
     dest="${new}/${run#"${RUNS}/${name}/"}"
     mkdir -p "${dest}/codes"
     cp "${run}"/config.json "${run}"/metrics.jsonl "${run}"/eval_*.json "${dest}/"
-    cp "${run}/codes/counts_$(printf %08d "$2").npy" "${dest}/codes/"
+    cp "${run}/codes/counts_$(step8 "$2").npy" "${dest}/codes/"
     if [[ ${prior} == 1 ]]; then
       mkdir -p "${dest}/prior"
       cp "${run}"/prior/config.json "${run}"/prior/metrics.jsonl "${run}"/prior/eval_*.json \
-         "${run}/prior/samples_$(printf %08d "${PRIOR_STEPS}").png" "${dest}/prior/"
+         "${run}/prior/samples_$(step8 "${PRIOR_STEPS}").png" "${dest}/prior/"
     fi
   done < <("${PYTHON}" - "${RUNS}/${name}" "$2" "$3" "${PRIOR_STEPS}" "${PRIOR_SEEDS}" \
              "${PRIOR_METHODS[@]}" <<'PY'
