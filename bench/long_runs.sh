@@ -11,9 +11,13 @@
 # the machine goes is trained again from its start; run `keep` before stopping to keep what
 # finished since. Every lane first restores the kept files, so the tools skip what they hold.
 #
-# Usage: bench/long_runs.sh lane|keep|restore|tables
+# Usage: bench/long_runs.sh lane [REGEX]|keep|restore|tables
 #   lane     train the pieces below in order, skipping finished ones and those of a method
-#            another lane is training (a lock per method); start one lane per core
+#            another lane is training (a lock per method); start one lane per core. With
+#            REGEX (bash's =~), only the pieces it matches, e.g. 'grmck_na' or '^study:':
+#            a run still in progress when the machine goes is lost, so start long pieces
+#            early in a sitting and give its last hour to short ones (the study's runs are
+#            kept one by one)
 #   keep     rewrite the kept runs from the workdirs' finished runs
 #   restore  copy the kept runs into the workdirs, leaving what they hold
 #   tables   the comparison, the substrate table and the study from the finished runs,
@@ -133,7 +137,7 @@ done
 lane() {
   # Each scan runs the first piece that is not done and whose method no other lane holds;
   # a method's pieces run in order (each adds a seed to the one before), under its lock.
-  local piece kind method rest done_file ran
+  local pattern=${1:-} piece kind method rest done_file ran
   mkdir -p "${RUNS}/.lanes"
   locked "$0" restore
   while :; do
@@ -141,6 +145,7 @@ lane() {
     for piece in "${PIECES[@]}"; do
       done_file="${RUNS}/.lanes/${piece//:/_}.done"
       [[ -e ${done_file} ]] && continue
+      [[ -n ${pattern} && ! ${piece} =~ ${pattern} ]] && continue
       IFS=: read -r kind method rest <<< "${piece}"
       # -E 75: the method is another lane's; try the next piece.
       if flock -n -E 75 "${RUNS}/.lanes/${kind}_${method}.lock" "$0" piece "${piece}"; then
@@ -167,7 +172,7 @@ run_piece() {  # PIECE: train it (finished runs are skipped), then keep what fin
 }
 
 case "${1:-}" in
-  lane) lane ;;
+  lane) lane "${2:-}" ;;
   piece) run_piece "$2" ;;  # Internal: one piece, under its method's lock (see lane).
   keep) locked "$0" keep-unlocked ;;
   keep-unlocked) keep ;;
@@ -186,6 +191,6 @@ case "${1:-}" in
     "${PYTHON}" -m bench.study "${STUDY_FLAGS[@]}" --methods=daps,daps_na --seeds=2 \
       --learning_rates=1e-3,3e-4 "--output=${KEEP}/${STUDY}" ;;
   *)
-    echo "usage: $0 lane|keep|restore|tables (see the header of $0)" >&2
+    echo "usage: $0 lane [REGEX]|keep|restore|tables (see the header of $0)" >&2
     exit 2 ;;
 esac

@@ -89,8 +89,9 @@ def test_long_runs_keep_finished_runs_and_restore_them_as_finished(tmp_path):
 
 
 def test_long_runs_lane_skips_done_pieces_and_methods_another_lane_holds(tmp_path):
-  """A lane runs the pieces in order, skips those already done and those of a method whose
-  lock another lane holds, keeps after each piece, and stops when nothing is left for it."""
+  """A lane runs the pieces in order (with a pattern, only those it matches), skips those
+  already done and those of a method whose lock another lane holds, keeps after each piece,
+  and stops when nothing is left for it."""
   runs_dir, log = tmp_path / 'runs', tmp_path / 'commands.txt'
   python = tmp_path / 'python'  # Records the tools' commands; the keep step runs for real.
   python.write_text(f'#!/bin/bash\nif [[ $1 == -m ]]; then echo "$*" >> {log}; exit 0; fi\n'
@@ -113,16 +114,19 @@ def test_long_runs_lane_skips_done_pieces_and_methods_another_lane_holds(tmp_pat
     (lanes / f'{piece}.done').touch()
   with open(lanes / 'compare_daps.lock', 'w') as held:  # Another lane trains daps.
     fcntl.flock(held, fcntl.LOCK_EX)
+    only_study = subprocess.run([script, 'lane', '^study:'], env=env, capture_output=True,
+                                text=True, timeout=300)
     result = subprocess.run([script, 'lane'], env=env, capture_output=True, text=True,
                             timeout=300)
-  assert result.returncode == 0, result.stdout + result.stderr
+  for lane in (only_study, result):
+    assert lane.returncode == 0, lane.stdout + lane.stderr
+    assert 'nothing left for this lane' in lane.stdout
   commands = log.read_text().splitlines()
   assert len(commands) == 2, commands
-  assert commands[0].startswith('-m daps_jax.compare --config=configs/fashion_mnist.py:short')
+  assert commands[0].startswith('-m bench.study --config=configs/mnist.py:quickstart')
+  assert commands[0].endswith('--methods=daps --seeds=1 --learning_rates=1e-3')
+  assert commands[1].startswith('-m daps_jax.compare --config=configs/fashion_mnist.py:short')
   assert ('--methods=fsq --seeds=2 --priors --prior_config.sample.num_fid_samples=2000'
-          in commands[0])
-  assert commands[1].startswith('-m bench.study --config=configs/mnist.py:quickstart')
-  assert commands[1].endswith('--methods=daps --seeds=1 --learning_rates=1e-3')
+          in commands[1])
   assert not (lanes / 'compare_daps_prior_2.done').exists()
   assert (lanes / 'compare_fsq_prior_2.done').exists()
-  assert 'nothing left for this lane' in result.stdout
