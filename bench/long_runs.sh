@@ -15,9 +15,8 @@
 #   lane     train the pieces below in order, skipping finished ones and those of a method
 #            another lane is training (a lock per method); start one lane per core. With
 #            REGEX (bash's =~), only the pieces it matches, e.g. 'grmck_na' or '^study:':
-#            a run still in progress when the machine goes is lost, so start long pieces
-#            early in a sitting and give its last hour to short ones (the study's runs are
-#            kept one by one)
+#            start long pieces early in a sitting (see above: an unfinished run starts over)
+#            and give its last hour to short ones (the study's runs are kept one by one)
 #   keep     rewrite the kept runs from the workdirs' finished runs
 #   restore  copy the kept runs into the workdirs, leaving what they hold
 #   tables   the comparison, the substrate table and the study from the finished runs,
