@@ -33,6 +33,17 @@ def _shape_mismatches(restored, target) -> list[str]:
   return problems
 
 
+def _cause(e: Exception) -> str:
+  """The root cause of an orbax or tensorstore error as one short line.
+
+  Their messages nest causes as `outer: inner: root`, may span lines (an error per
+  array) and end with the whole tensorstore spec; the root is the last clause.
+  """
+  text = ' '.join(str(e).split()).split(' [tensorstore_spec')[0]
+  root = text.split(': ')[-1] or type(e).__name__
+  return root if len(root) <= 300 else root[:299] + '…'
+
+
 def _size_gb(directory: str) -> float:
   """Size of the newest complete step directory under `directory`, in GB."""
   steps = [d for d in os.listdir(directory) if d.isdigit()] if os.path.isdir(directory) else []
@@ -118,9 +129,8 @@ class Checkpointer:
       raise
     except Exception as e:  # Orbax and tensorstore raise many types for failed writes.
       free = shutil.disk_usage(self.directory).free if os.path.isdir(self.directory) else 0
-      cause = str(e).split(': ')[-1] or type(e).__name__
       raise CheckpointError(
-          f'Writing checkpoint {self._writing} to {self.directory} failed ({cause}). '
+          f'Writing checkpoint {self._writing} to {self.directory} failed ({_cause(e)}). '
           f'{free / 1e6:.1f} MB are free there; a checkpoint needs about '
           f'{_size_gb(self.directory) * 1e3:.1f} MB (the last complete one). Free space or use '
           f'another --workdir; the older checkpoints {self.all_steps()} are intact.') from e
@@ -135,7 +145,8 @@ class Checkpointer:
       restored = self._manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     except Exception as e:  # Orbax raises many types for unreadable checkpoints.
-      raise CheckpointError(f'Cannot read checkpoint {step} in {self.directory}: {e}') from e
+      raise CheckpointError(
+          f'Cannot read checkpoint {step} in {self.directory} ({_cause(e)})') from e
     problems = _shape_mismatches(restored.state, target)
     if problems:
       raise CheckpointError(
