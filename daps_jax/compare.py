@@ -6,7 +6,8 @@
 
 Runs go to WORKDIR/<method>/seed_<i> one after another (seed = config.seed + i);
 each is an ordinary training run, so an interrupted comparison resumes where it
-stopped and finished runs are skipped. `--config.*` overrides apply to every
+stopped and finished runs are skipped (one trained with other training settings is
+refused, see `runs.config_differences`). `--config.*` overrides apply to every
 method (a field a method does not have is an error). Every run is evaluated on
 the full validation split; WORKDIR/results.md, results.csv and results.png hold
 the table (mean ± std over seeds, best per column in bold), the learning curves

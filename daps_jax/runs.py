@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 
 from daps_jax import config_lib
+from daps_jax import errors
+from daps_jax import files
 from daps_jax import report
 from daps_jax import train
 from daps_jax.evaluation import outputs
@@ -51,9 +53,55 @@ def finished(workdir: str, total_steps: int) -> bool:
           and os.path.exists(outputs.counts_path(workdir, total_steps)))
 
 
+# Fields that change how a run is logged, checkpointed, evaluated or laid out in
+# memory, not what it trains: a finished run may differ from the asked config in these.
+_BOOKKEEPING = ('checkpoint_every_steps', 'data.dir', 'data.worker_count', 'eval_batch_size',
+                'eval_every_steps', 'fid', 'keep_checkpoints', 'log_every_steps',
+                'num_grid_images', 'steps_per_dispatch', 'method.sample_chunks',
+                'model.attention_chunk', 'model.remat')
+
+
+def _leaves(tree: dict, prefix: str = '') -> dict:
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_leaves(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
+  """'field: X there vs Y now' for each training field where the run in `workdir`
+  (its config.json) differs from `config`. A field the saved config lacks (the run
+  predates it) is not compared."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise errors.ConfigError(f'{path} is missing, so the finished run there cannot be checked '
+                             'against the asked config: restore it, or delete the run to train '
+                             'it again.')
+  saved = _leaves(files.read_json(path, errors.ConfigError,
+                                  'restore it, or delete the run to train it again.'))
+  asked = _leaves(json.loads(config.to_json_best_effort()))
+  return [f'{field}: {saved[field]!r} there vs {value!r} now'
+          for field, value in sorted(asked.items())
+          if field in saved and saved[field] != value
+          and not any(field == b or field.startswith(b + '.') for b in _BOOKKEEPING)]
+
+
 def train_unless_finished(config: ml_collections.ConfigDict, workdir: str, label: str) -> bool:
-  """Trains (or resumes) the run in `workdir` unless it is finished; True if it trained."""
+  """Trains (or resumes) the run in `workdir` unless it is finished; True if it trained.
+
+  A finished run trained with other settings than `config` is refused (a table
+  would otherwise report it under settings it did not have).
+  """
   if finished(workdir, config.total_steps):
+    differences = config_differences(config, workdir)
+    if differences:
+      raise errors.ConfigError(
+          f'{label}: the finished run in {workdir} was trained with other settings '
+          f'({"; ".join(differences)}); delete that directory to train it with these, '
+          'or ask for its settings.')
     logging.info('%s: finished in %s, skipped.', label, workdir)
     return False
   logging.info('%s: training in %s.', label, workdir)

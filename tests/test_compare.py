@@ -1,5 +1,6 @@
 """`python -m daps_jax.compare`: trains methods x seeds, skips finished runs, writes the table."""
 
+import copy
 import csv
 import json
 import math
@@ -9,6 +10,7 @@ import sys
 
 import pytest
 
+from daps_jax import errors
 from daps_jax import runs
 from tests import helpers
 
@@ -93,6 +95,41 @@ def test_compare_writes_table_and_skips_finished_runs(tmp_path):
     assert os.path.getsize(os.path.join(workdir, 'priors', f'samples_{method}_seed0.png')) > 0
   table = open(os.path.join(workdir, 'priors', 'results.md')).read()
   assert 'python -m daps_jax.prior' in table and 'no gFID' in table  # fid_every_steps=-1
+
+  # A finished run trained with other settings is refused in one line, and nothing retrains.
+  other = _compare(workdir, '--methods=fsq', '--seeds=1', '--config.optim.learning_rate=0.5',
+                   '--config.log_every_steps=7')
+  assert other.returncode == 1 and 'Traceback' not in other.stderr, other.stderr[-3000:]
+  last = other.stderr.strip().splitlines()[-1]
+  assert 'fsq seed 0' in last and 'optim.learning_rate: 0.001 there vs 0.5 now' in last, last
+  assert 'log_every_steps' not in last and 'delete that directory' in last, last
+  assert os.path.getsize(metrics) == size
+
+
+def test_a_finished_run_counts_only_under_the_settings_it_trained_with(tmp_path):
+  config = helpers.tiny_config('daps')
+  with open(tmp_path / 'config.json', 'w') as f:
+    f.write(config.to_json_best_effort())
+  asked = copy.deepcopy(config)
+  asked.log_every_steps += 1  # Bookkeeping: how the run logs, evaluates, lays out memory.
+  asked.data.dir, asked.fid.every_steps, asked.method.sample_chunks = '/elsewhere', -1, 2
+  assert runs.config_differences(asked, str(tmp_path)) == []
+  asked.method.dual_solver = 'bisection' if config.method.dual_solver == 'adam' else 'adam'
+  asked.model.width += 8
+  assert runs.config_differences(asked, str(tmp_path)) == [
+      f'method.dual_solver: {config.method.dual_solver!r} there vs '
+      f'{asked.method.dual_solver!r} now',
+      f'model.width: {config.model.width} there vs {asked.model.width} now']
+  saved = json.loads(config.to_json_best_effort())
+  del saved['method']['top_k']  # A run from before a field existed: that field is not compared.
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  asked = copy.deepcopy(config)
+  asked.method.top_k = 3
+  assert runs.config_differences(asked, str(tmp_path)) == []
+  os.remove(tmp_path / 'config.json')
+  with pytest.raises(errors.ConfigError, match='config.json is missing'):
+    runs.config_differences(asked, str(tmp_path))
 
 
 def test_override_missing_for_a_method_is_an_error_before_any_run(tmp_path):
