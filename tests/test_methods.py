@@ -240,6 +240,6 @@ def test_two_devices_equal_one_device_for_the_baselines():
   names = ['gumbel', 'grmck_na', 'vqvae', 'fsq', 'ppo', 'vimco', 'daps:bisection']
   env = helpers.cpu_env(2)
   result = subprocess.run([sys.executable, '-c', _SHARDED_SCRIPT, helpers.REPO, *names],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=1800)
   for method in names:
     assert f'SHARDED_OK {method}' in result.stdout, result.stdout + result.stderr[-5000:]
