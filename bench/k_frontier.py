@@ -15,7 +15,8 @@ bias    Exact enumeration on a latent space of V^L = 3^2 = 9 sequences, q a
         variance; its standard error reported), for three trust-region
         temperatures eta. Writes bias.json and bias.png.
 runs    DAPS on the embedded MNIST (`configs/mnist.py:quickstart`, the flags'
-        --config.* overrides on top) for each K, resumable, in
+        --config.* overrides on top; the committed frontier has the spec's beta
+        schedule, --config.method.beta_horizon=1) for each K, resumable, in
         WORKDIR/K<k>/seed_<i>. Quality does not depend on machine load.
 time    Seconds per compiled train step for each K at the runs' batch, on
         synthetic inputs, in rounds that alternate the K values; records the

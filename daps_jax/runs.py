@@ -20,6 +20,7 @@ from daps_jax import files
 from daps_jax import report
 from daps_jax import train
 from daps_jax.evaluation import outputs
+from daps_jax.methods import base
 
 
 def method_config(filename: str, overrides: dict, method: str,
@@ -71,18 +72,29 @@ def _leaves(tree: dict, prefix: str = '') -> dict:
   return out
 
 
+def _as_trained(tree: dict) -> dict:
+  """`tree` (a config as JSON) with its beta schedule's length in steps as beta_decay_steps,
+  however the config spelled it (steps, or beta_horizon x total_steps)."""
+  method = tree.get('method', {})
+  if 'beta_decay_steps' not in method:
+    return tree
+  steps = base.anneal_steps(method, tree['total_steps'])
+  trained = {k: v for k, v in method.items() if k != 'beta_horizon'}
+  return {**tree, 'method': {**trained, 'beta_decay_steps': steps}}
+
+
 def config_differences(config: ml_collections.ConfigDict, workdir: str) -> list[str]:
   """'field: X there vs Y now' for each training field where the run in `workdir`
   (its config.json) differs from `config`. A field the saved config lacks (the run
-  predates it) is not compared."""
+  predates it) is not compared; the beta schedule is compared by its length in steps."""
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     raise errors.ConfigError(f'{path} is missing, so the finished run there cannot be checked '
                              'against the asked config: restore it, or delete the run to train '
                              'it again.')
-  saved = _leaves(files.read_json(path, errors.ConfigError,
-                                  'restore it, or delete the run to train it again.'))
-  asked = _leaves(json.loads(config.to_json_best_effort()))
+  saved = _leaves(_as_trained(files.read_json(path, errors.ConfigError,
+                                              'restore it, or delete the run to train it again.')))
+  asked = _leaves(_as_trained(json.loads(config.to_json_best_effort())))
   return [f'{field}: {saved[field]!r} there vs {value!r} now'
           for field, value in sorted(asked.items())
           if field in saved and saved[field] != value

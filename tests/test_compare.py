@@ -127,6 +127,17 @@ def test_a_finished_run_counts_only_under_the_settings_it_trained_with(tmp_path)
   asked = copy.deepcopy(config)
   asked.method.top_k = 3
   assert runs.config_differences(asked, str(tmp_path)) == []
+  # The beta schedule counts by its length, however it is set (saved: none of beta_horizon,
+  # so 1, with beta_decay_steps 0).
+  del saved['method']['beta_horizon']
+  with open(tmp_path / 'config.json', 'w') as f:
+    json.dump(saved, f)
+  asked = copy.deepcopy(config)
+  asked.method.beta_decay_steps = config.total_steps
+  assert runs.config_differences(asked, str(tmp_path)) == []
+  asked.method.beta_decay_steps, asked.method.beta_horizon = 0, 10.0
+  assert runs.config_differences(asked, str(tmp_path)) == [
+      f'method.beta_decay_steps: {config.total_steps} there vs {10 * config.total_steps} now']
   os.remove(tmp_path / 'config.json')
   with pytest.raises(errors.ConfigError, match='config.json is missing'):
     runs.config_differences(asked, str(tmp_path))

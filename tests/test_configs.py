@@ -13,6 +13,7 @@ from daps_jax import config_lib
 from daps_jax import data
 from daps_jax import methods
 from daps_jax.data import motion
+from daps_jax.methods import base
 from tests import helpers
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'imagenet', 'lafan1')
@@ -59,6 +60,25 @@ def test_spec_settings():
   # Gumbel-NA on CIFAR-10: beta as DAPS (6 -> 0.01), not DAPS-NA's 6 -> 1.
   gumbel_na = helpers.load_config('cifar10', 'method=gumbel_na').method
   assert (gumbel_na.beta_init, gumbel_na.beta_final) == (6.0, 0.01)
+
+
+def test_quickstart_anneals_daps_beta_over_ten_runs():
+  """The quickstart's DAPS schedule lasts 10x its steps (its codebook study); the other
+  methods' and every other config's end with the run."""
+  for method, horizon in (('daps', 10.0), ('daps_na', 1.0), ('gumbel', 1.0), ('vimco', 1.0)):
+    assert helpers.load_config('mnist', f'quickstart,method={method}').method.beta_horizon == (
+        horizon), method
+  assert helpers.load_config('mnist', 'short').method.beta_horizon == 1.0
+  config = helpers.load_config('mnist', 'quickstart')
+  config.total_steps = 30
+  steps = helpers.load_config('mnist', 'quickstart')
+  steps.total_steps, steps.method.beta_horizon, steps.method.beta_decay_steps = 30, 1.0, 300
+  spec = helpers.load_config('mnist', 'short')
+  spec.total_steps = 30
+  for step in (0, 10, 30):
+    assert base.beta_schedule(config)(step) == pytest.approx(base.beta_schedule(steps)(step))
+  assert base.beta_schedule(spec)(30) == pytest.approx(spec.method.beta_final)
+  assert base.beta_schedule(config)(30) > 2 * spec.method.beta_final
 
 
 def test_lafan1_settings():
@@ -186,6 +206,7 @@ def test_dotted_overrides_and_bad_config_from_the_command_line(tmp_path):
     ('daps', lambda m: setattr(m, 'dual_solver', 'newton'), 'config.method.dual_solver'),
     ('daps_na', lambda m: setattr(m, 'eta_max', 1e-5), 'config.method.eta_min'),
     ('daps', lambda m: setattr(m, 'bisection_iterations', 0), 'config.method.bisection_iterations'),
+    ('gumbel', lambda m: setattr(m, 'beta_horizon', 0.0), 'config.method.beta_horizon'),
 ])
 def test_baseline_fields_are_validated(method, mutate, field):
   config = helpers.load_config('mnist', f'method={method}')

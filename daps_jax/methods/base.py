@@ -95,7 +95,8 @@ def add_beta(m: ml_collections.ConfigDict, beta: tuple[float, float]) -> None:
   """The (initial, final) entropy weight and its exponential schedule."""
   m.beta_init = beta[0]  # Entropy (KL) weight at step 0.
   m.beta_final = beta[1]  # Its final value; also the beta of the reported beta-ELBO.
-  m.beta_decay_steps = 0  # Steps of the exponential beta schedule (0: total_steps).
+  m.beta_decay_steps = 0  # Steps of the exponential beta schedule (0: beta_horizon x total_steps).
+  m.beta_horizon = 1.0  # With beta_decay_steps 0: the schedule's length over the run's (1: the spec).
 
 
 def validate_samples(m: ml_collections.ConfigDict) -> None:
@@ -107,12 +108,20 @@ def validate_beta(m: ml_collections.ConfigDict) -> None:
   errors.check(m.beta_init > 0 and m.beta_final > 0, 'method.beta_init',
                'beta_init and beta_final must be positive.')
   errors.check(m.beta_decay_steps >= 0, 'method.beta_decay_steps',
-               'must be >= 0 (0: total_steps).')
+               'must be >= 0 (0: beta_horizon x total_steps).')
+  errors.check(m.beta_horizon > 0, 'method.beta_horizon',
+               'must be > 0 (1: the schedule ends with the run).')
+
+
+def anneal_steps(method: ml_collections.ConfigDict | dict, total_steps: int) -> int:
+  """Steps of the beta (and a relaxed method's tau) schedule: `method`'s beta_decay_steps,
+  else beta_horizon x total_steps (a config saved before beta_horizon existed had 1)."""
+  return method['beta_decay_steps'] or max(1, round(method.get('beta_horizon', 1.0) * total_steps))
 
 
 def decay(config: ml_collections.ConfigDict, init: float, final: float) -> Schedule:
   """Exponential schedule from `init` to `final` over the beta schedule's steps."""
-  return optim.exp_decay(init, final, config.method.beta_decay_steps or config.total_steps)
+  return optim.exp_decay(init, final, anneal_steps(config.method, config.total_steps))
 
 
 def beta_schedule(config: ml_collections.ConfigDict) -> Schedule:
