@@ -96,7 +96,7 @@ def add_beta(m: ml_collections.ConfigDict, beta: tuple[float, float]) -> None:
   m.beta_init = beta[0]  # Entropy (KL) weight at step 0.
   m.beta_final = beta[1]  # Its final value; also the beta of the reported beta-ELBO.
   m.beta_decay_steps = 0  # Steps of the exponential beta schedule (0: beta_horizon x total_steps).
-  m.beta_horizon = 1.0  # With beta_decay_steps 0: the schedule's length over the run's (1: the spec).
+  m.beta_horizon = 1.0  # If beta_decay_steps is 0: schedule steps / total_steps (1: the spec).
 
 
 def validate_samples(m: ml_collections.ConfigDict) -> None:
