@@ -11,8 +11,8 @@ evaluation at the end. Data: MNIST, CIFAR-10 and ImageNet from
 `tfds.testing.mock_data` (random images of the real shapes); Fashion-MNIST from
 Debian's IDX files (`--fashion_dir`); LAFAN1 from generated H1 CSV clips, prepared
 by `daps_jax.data.prepare`'s code. Nothing is downloaded. A config whose run in
-WORKDIR finished is read, not trained again (one
-trained with other settings is refused).
+WORKDIR finished is read, not trained again (one trained with other settings is
+refused).
 
 Reported per config (`results.json`, `results.md`): the largest deviation of
 ESS / K from the target over the steps where η is inside its bracket, η's range,
@@ -89,10 +89,9 @@ def train_one(name: str, steps: int, root: pathlib.Path) -> dict:
     data = tfds.testing.mock_data(num_examples=MOCK_EXAMPLES)
   with data:
     runs.train_unless_finished(config, workdir, name)
-  with open(os.path.join(workdir, f'eval_{steps:08d}.json')) as f:
-    final = json.load(f)['metrics']
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    records = [r for r in map(json.loads, f) if 'dual/ess_fraction' in r and 'eval/psnr' not in r]
+  run = runs.load_run(workdir, config, seed_offset=0)
+  final = run.final
+  records = [r for r in run.curve if 'dual/ess_fraction' in r and 'eval/psnr' not in r]
   target = config.method.ess_target
   ess = [r['dual/ess_fraction'] for r in records]
   eta = [r['dual/eta'] for r in records]
@@ -119,11 +118,13 @@ def table(records: list[dict]) -> list[str]:
   header = ['config', 'data', 'B', 'K', 'L', 'V', 'steps', 'ESS/K target',
             'max abs(ESS/K - target), η inside the bracket', 'η range',
             'steps with η on the bracket: ESS/K', 'final eval PSNR (dB)']
-  body = [[str(c) for c in (r['config'], r['data'], r['batch_size'], r['K'], r['L'], r['V'], r['steps'],
-           f"{r['ess_target']:g}", f"{r['max_abs_ess_error_inside']:.1e}",
-           f"{r['eta_min_seen']:.3g}–{r['eta_max_seen']:.3g}",
-           ', '.join(f"step {b['step']}: {b['ess_fraction']:.3f}" for b in r['on_bracket']) or '–',
-           f"{r['final_eval'].get('eval/psnr', float('nan')):.2f}")] for r in records]
+  body = []
+  for r in records:
+    clamped = ', '.join(f"step {b['step']}: {b['ess_fraction']:.3f}" for b in r['on_bracket'])
+    body.append([str(r[k]) for k in ('config', 'data', 'batch_size', 'K', 'L', 'V', 'steps')] + [
+        f"{r['ess_target']:g}", f"{r['max_abs_ess_error_inside']:.1e}",
+        f"{r['eta_min_seen']:.3g}–{r['eta_max_seen']:.3g}", clamped or '–',
+        f"{r['final_eval'].get('eval/psnr', float('nan')):.2f}"])
   return report.markdown_table(header, body)
 
 
